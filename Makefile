@@ -1,0 +1,33 @@
+# The two commands of the README, plus helpers. Each creates or reuses .venv and installs the project into it.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+WORKDIR ?= runs/compare
+
+.PHONY: demo test test-slow test-all lint venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+demo: $(STAMP)  ## The main job: the architecture comparison on the bundled corpus.
+	$(BIN)/python -m train.main --config=experiments/configs/gpt.py:tiny --workdir=runs/gpt-tiny
+
+test: $(STAMP)  ## The default test suite (fast, CPU).
+	$(BIN)/python -m pytest -q -n 2 --durations=15
+
+test-slow: $(STAMP)  ## End-to-end tests (kill -9 and resume, multi-process runs).
+	$(BIN)/python -m pytest -q -m slow --durations=15
+
+test-all: test test-slow
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf runs .pytest_cache

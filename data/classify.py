@@ -1,0 +1,375 @@
+"""Labelled examples -> fixed-shape classification batches, with the same `Split` interface as data/pipeline.py.
+
+Examples come from .jsonl files (task 'jsonl': data.train_files / data.val_files), one record a line,
+`{"text": ..., "label": ...}` or `{"text_a": ..., "text_b": ..., "label": ...}`, or from the probe tasks of
+data/probes.py (built from the pretraining corpus's validation text). The label vocabulary is the sorted set of the
+training labels (all ints or all strings); label id i is its index, so for binary tasks the positive class (the one
+F1 is reported for) is the larger label: 1, 'true', 'pos'.
+
+Encoding per architecture (truncated to data.seq_len; a pair keeps the end of a and the start of b, the tokens
+nearest their boundary, taking from the longer side first):
+  bert  [CLS] a [SEP] b [SEP]     token_types 0 up to the first [SEP], 1 after; the [CLS] state is pooled
+  gpt   a [SEP] b </s>            lengths = real tokens; the state of the last one (always </s>) is pooled
+  t5    a [SEP] b </s> (encoder)  decoder_inputs = the start token 0; the first decoder state is pooled
+A batch holds the model inputs plus `targets` (B, 1) int32 label ids and `weights` (B, 1) float32, so the one train
+step and `losses.cross_entropy` need no change. Train batch `step` is a pure function of (seed, step): example
+step * B + g of an endless sequence of shuffled epochs. Validation batch i holds examples i * B .. i * B + B - 1;
+rows past the end repeat example 0 with weight 0, and `train.eval_steps = 0` means every validation batch once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from data import corpus as corpus_lib
+from data import probes
+from data import tokenizer as tokenizer_lib
+from data.errors import DataError
+
+TASKS = ("jsonl",) + probes.TASKS
+ARCHS = ("gpt", "bert", "t5")
+SPLIT_IDS = {"train": 0, "val": 1}
+# init_from: data settings taken from the pretrained run (its tokenizer; and for probe tasks its corpus).
+TOKENIZER_FIELDS = ("tokenizer", "tokenizer_type", "vocab_size", "cache_dir")
+CORPUS_FIELDS = ("train_files", "val_files", "val_fraction", "txt_documents", "jsonl_field")
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+    """One labelled example; `where` ('file:line') is what error messages name."""
+
+    text_a: str
+    text_b: str | None
+    label: str | int
+    where: str
+
+
+def parse_record(record, where: str) -> Example:
+    """A jsonl record (or a probe record, same format) -> Example; DataError naming `where` and the fix."""
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: not a JSON object; each line must be {{\"text\": ..., \"label\": ...}}")
+    if "label" not in record:
+        raise DataError(f"{where}: record has no 'label' field; add one (a string or an integer) to every line")
+    label = record["label"]
+    if not isinstance(label, bool | int | str):
+        raise DataError(f"{where}: label {label!r} is a {type(label).__name__}; labels must be strings, integers or "
+                        "booleans")
+    if "text" in record and ("text_a" in record or "text_b" in record):
+        raise DataError(f"{where}: record has both 'text' and 'text_a'/'text_b'; use 'text' for one text or "
+                        "'text_a' and 'text_b' for a pair")
+    if "text" in record:
+        a, b = record["text"], None
+    elif "text_a" in record:
+        a, b = record["text_a"], record.get("text_b")  # a pair's second text is optional
+    else:
+        raise DataError(f"{where}: record has no text field; give 'text' (one text) or 'text_a' and 'text_b' "
+                        "(a pair)")
+    for name, v in (("text", a), ("text_b", b)):
+        if v is not None and not isinstance(v, str):
+            raise DataError(f"{where}: field {name!r} is a {type(v).__name__}; it must be a string")
+    return Example(a, b, label, where)
+
+
+def read_jsonl(path: Path) -> list[Example]:
+    """The examples of one .jsonl(.gz) file; DataError (file:line and the fix) on anything malformed or empty."""
+    if not path.name.removesuffix(".gz").endswith(".jsonl"):
+        raise DataError(f"{path}: classification data must be .jsonl (or .jsonl.gz) with one "
+                        "{\"text\": ..., \"label\": ...} record a line")
+    out = []
+    for n, line in enumerate(corpus_lib._read_text(path).split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{n}: invalid JSON ({e.msg}); each line must be one JSON object") from None
+        out.append(parse_record(record, f"{path}:{n}"))
+    if not out:
+        raise DataError(f"{path}: contains no examples (the file is empty); add {{\"text\": ..., \"label\": ...}} "
+                        "lines or pass another file")
+    return out
+
+
+def label_vocabulary(examples: list[Example]) -> list:
+    """The sorted distinct labels of the training examples (all of one type: ints, strings or bools; at least two)."""
+    kinds = {type(e.label) for e in examples}
+    if len(kinds) > 1:
+        first = next(e for e in examples if type(e.label) is not type(examples[0].label))
+        raise DataError(f"{first.where}: label {first.label!r} is a {type(first.label).__name__} but "
+                        f"{examples[0].where} has {examples[0].label!r}; use one type for every label")
+    labels = sorted({e.label for e in examples})
+    if len(labels) < 2:
+        raise DataError(f"{examples[0].where.rsplit(':', 1)[0]}: every training example has label {labels[0]!r}; "
+                        "classification needs at least two labels")
+    return labels
+
+
+def label_ids(examples: list[Example], labels: list, train_source: str) -> np.ndarray:
+    """(N,) int32 index of each example's label in `labels`; DataError for a label training never saw."""
+    index = {v: i for i, v in enumerate(labels)}
+    out = np.empty(len(examples), np.int32)
+    for j, e in enumerate(examples):
+        if e.label not in index:
+            raise DataError(f"{e.where}: label {e.label!r} does not occur in the training data ({train_source}; "
+                            f"labels {labels}); fix the label or add training examples of it")
+        out[j] = index[e.label]
+    return out
+
+
+def _fit_pair(na: int, nb: int, budget: int) -> tuple[int, int]:
+    """Tokens kept of a and b when both must fit `budget`: the longer one is cut first."""
+    if na + nb <= budget:
+        return na, nb
+    ka = min(na, max(budget // 2, budget - nb))
+    return ka, min(nb, budget - ka)
+
+
+def encode(examples: list[Example], tok, arch: str, seq_len: int) -> tuple[dict[str, np.ndarray], int]:
+    """Model inputs of every example (see the module docstring) and how many were truncated."""
+    if arch not in ARCHS:
+        raise DataError(f"model.arch={arch!r} cannot be fine-tuned; choose one of {list(ARCHS)}")
+    N, L = len(examples), seq_len
+    enc_a = tok.encode_batch([e.text_a for e in examples])
+    pairs = [j for j, e in enumerate(examples) if e.text_b is not None]
+    enc_b = dict(zip(pairs, tok.encode_batch([examples[j].text_b for j in pairs]), strict=True))
+    ids = np.full((N, L), tok.pad_id, np.int32)
+    types = np.zeros((N, L), np.int32)
+    lengths = np.zeros(N, np.int32)
+    truncated = 0
+    for j, a in enumerate(enc_a):
+        b = enc_b.get(j)
+        specials = (2 if b is None else 3) if arch == "bert" else (1 if b is None else 2)
+        budget = L - specials
+        if b is None:
+            ka, kb = min(len(a), budget), 0
+            a = a[:ka]
+        else:
+            ka, kb = _fit_pair(len(a), len(b), budget)
+            a, b = a[len(a) - ka:], b[:kb]
+        truncated += (ka + kb) < len(enc_a[j]) + len(enc_b.get(j) or ())
+        if arch == "bert":
+            row = [tok.cls_id, *a, tok.sep_id]
+            first = len(row)
+            if b is not None:
+                row += [*b, tok.sep_id]
+            types[j, first:len(row)] = 1
+        else:
+            row = [*a, *([tok.sep_id, *b] if b is not None else []), tok.eos_id]
+        ids[j, :len(row)] = row
+        lengths[j] = len(row)
+    if arch == "bert":
+        inputs = {"inputs": ids, "token_types": types}
+    elif arch == "gpt":
+        inputs = {"inputs": ids, "lengths": lengths}
+    else:
+        inputs = {"encoder_inputs": ids, "decoder_inputs": np.zeros((N, 1), np.int32)}
+    return inputs, truncated
+
+
+@dataclasses.dataclass
+class Split:
+    """A finite labelled split cut into fixed-shape batches (this process's rows of each global batch)."""
+
+    name: str
+    arrays: dict[str, np.ndarray]  # model inputs + 'targets' (N, 1) + 'weights' (N, 1), one row per example
+    seed: int
+    global_batch_size: int
+    rows: tuple[int, int]  # [start, stop) of this process's rows in the global batch
+
+    def __post_init__(self):
+        self._perms: dict[int, np.ndarray] = {}
+
+    @property
+    def num_examples(self) -> int:
+        return len(self.arrays["targets"])
+
+    @property
+    def num_batches(self) -> int:
+        """Batches that cover the split once (what an evaluation runs)."""
+        return -(-self.num_examples // self.global_batch_size)
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        if epoch not in self._perms:
+            if len(self._perms) > 4:
+                self._perms.clear()
+            rng = np.random.default_rng([self.seed, SPLIT_IDS[self.name], epoch])
+            self._perms[epoch] = rng.permutation(self.num_examples)
+        return self._perms[epoch]
+
+    def batch(self, step: int) -> dict[str, np.ndarray]:
+        """This process's rows of global batch `step` (train: shuffled epochs; val: sequential, zero-weight tail)."""
+        if step < 0:
+            raise ValueError(f"step must be >= 0, got {step}")
+        N = self.num_examples
+        i = step * self.global_batch_size + np.arange(*self.rows, dtype=np.int64)
+        if self.name == "train":
+            epoch, pos = i // N, i % N
+            idx = np.array([self._permutation(int(e))[p] for e, p in zip(epoch, pos, strict=True)], np.int64)
+            valid = np.ones(len(i), bool)
+        else:
+            valid = i < N
+            idx = np.where(valid, i, 0)
+        out = {k: v[idx] for k, v in self.arrays.items()}
+        out["weights"] = out["weights"] * valid[:, None]
+        return out
+
+    def iterate(self, start_step: int, num_steps: int) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+        """Yields (step, batch) for start_step..start_step + num_steps - 1 (batches are cheap: no prefetch)."""
+        return ((s, self.batch(s)) for s in range(start_step, start_step + num_steps))
+
+
+@dataclasses.dataclass
+class Data:
+    """The tokenizer, both splits and the label vocabulary; `summary()` is what to log."""
+
+    tokenizer: object
+    train: Split
+    val: Split
+    labels: list
+    task: str
+    truncated: dict[str, int]
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.vocab_size
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    def summary(self) -> dict:
+        """Flat dict of task facts for logging (and config.json)."""
+        out = {"objective": "classify", "task": self.task, "labels": self.labels, "vocab_size": self.vocab_size,
+               "tokenizer": self.tokenizer.path or "byte"}
+        for s in (self.train, self.val):
+            targets = s.arrays["targets"][:, 0]
+            out[f"{s.name}_examples"] = s.num_examples
+            out[f"{s.name}_label_counts"] = np.bincount(targets, minlength=len(self.labels)).tolist()
+            out[f"{s.name}_truncated"] = self.truncated[s.name]
+        return out
+
+
+def pretrained_record(init_from: str) -> tuple[str, dict]:
+    """(path, contents) of the config.json of the workdir that `init_from` (workdir, checkpoints/ or a step
+    folder) belongs to."""
+    from train import checkpoint as ckpt_lib  # the checkpoint layout is train's; imported only when needed
+
+    path = os.path.join(init_from, "config.json")
+    if not os.path.isfile(path):
+        directory, _ = ckpt_lib.resolve(init_from)
+        path = os.path.join(os.path.dirname(directory), "config.json")
+    if not os.path.isfile(path):
+        raise DataError(f"init_from / task.model_from: {path} does not exist; fine-tuning takes the model config "
+                        "and tokenizer from it: pass a workdir written by train.main or hf_import")
+    with open(path) as f:
+        return path, json.load(f)
+
+
+def inherit_pretrained(config) -> None:
+    """With config.init_from (or task.model_from) set, overwrites (in place) config.model with that workdir's
+    model config, the tokenizer settings of config.data with its run's, and for probe tasks its corpus settings."""
+    source = config.init_from or config.task.model_from
+    if not source:
+        return
+    if config.init_from and config.task.model_from and config.init_from != config.task.model_from:
+        raise DataError(f"init_from={config.init_from!r} and task.model_from={config.task.model_from!r} differ; "
+                        "set only one (model_from is for a random-init model shaped like a pretrained one)")
+    path, record = pretrained_record(source)
+    try:
+        model, data = record["model_config"], record["config"]["data"]
+    except KeyError as e:
+        raise DataError(f"{path} has no {e.args[0]!r} section; pass a workdir written by train.main "
+                        "or hf_import") from None
+    for k, v in model.items():
+        config.model[k] = v
+    fields = TOKENIZER_FIELDS + (CORPUS_FIELDS if config.task.name in probes.TASKS else ())
+    for k in fields:
+        config.data[k] = data[k]
+    trained = (record.get("data") or {}).get("tokenizer", "")  # the tokenizer file the run trained, if any
+    if not config.data.tokenizer and trained not in ("", "byte") and os.path.isfile(trained):
+        config.data.tokenizer = trained
+    if config.model.position == "learned" and config.data.seq_len > config.model.max_len:
+        raise DataError(f"data.seq_len={config.data.seq_len} exceeds the pretrained model's max_len="
+                        f"{config.model.max_len} (learned positions); lower data.seq_len")
+    log.info("fine-tuning %s (%s, %s): model config and tokenizer%s from %s", config.model.arch, config.task.name,
+             "pretrained" if config.init_from else "random init", " and corpus" if config.task.name in probes.TASKS
+             else "", path)
+
+
+def _tokenizer(data, texts: list[str]):
+    """data.tokenizer, the byte tokenizer, or one trained (cached) on `texts` (the training examples)."""
+    if data.tokenizer:
+        return tokenizer_lib.load(data.tokenizer)
+    if data.tokenizer_type == "byte":
+        return tokenizer_lib.ByteTokenizer()
+    return tokenizer_lib.train_cached(texts, data.vocab_size, data.tokenizer_type,
+                                      corpus_lib.cache_root(data.cache_dir))[0]
+
+
+def load_examples(config) -> tuple[list[Example], list[Example], object, str]:
+    """(train examples, eval examples, tokenizer, where the training labels came from) for config.task."""
+    task, data = config.task, config.data
+    if task.name == "jsonl":
+        if not data.val_files:
+            raise DataError("data.val_files: task 'jsonl' needs an evaluation file; pass "
+                            "--config.data.val_files=val.jsonl")
+        train_files = corpus_lib.expand(data.train_files, "data.train_files")
+        train = [e for f in train_files for e in read_jsonl(f)]
+        val = [e for f in corpus_lib.expand(data.val_files, "data.val_files") for e in read_jsonl(f)]
+        texts = [t for e in train for t in (e.text_a, e.text_b) if t]
+        return train, val, _tokenizer(data, texts), ", ".join(map(str, train_files))
+    built = probes.build(data, task)
+    parts = {p: [parse_record(r, f"{task.name} probe ({p}) example {n}") for n, r in enumerate(built[p])]
+             for p in ("train", "eval")}
+    tok = corpus_lib.load(data).tokenizer  # the pretraining run's tokenizer (cached): same ids as its model
+    return parts["train"], parts["eval"], tok, f"the {task.name} probe"
+
+
+def build(config, process_index: int = 0, process_count: int = 1) -> Data:
+    """Classification data for config.task (after `inherit_pretrained`); resolves task.num_classes and
+    train.eval_steps = 0 in place so that config.json records them."""
+    if config.task.name not in TASKS:
+        raise DataError(f"task.name: unknown {config.task.name!r}; choose one of {list(TASKS)}")
+    B = config.train.batch_size
+    if B <= 0 or B % process_count:
+        raise DataError(f"train.batch_size={B} must be positive and divisible by the {process_count} processes")
+    if config.data.seq_len < 4:
+        raise DataError(f"data.seq_len={config.data.seq_len} is too short for classification; use at least 4")
+    inherit_pretrained(config)
+    train, val, tok, source = load_examples(config)
+    for name, cap in (("train", config.task.max_train_examples), ("val", config.task.max_eval_examples)):
+        if cap < 0:
+            raise DataError(f"task.max_{'eval' if name == 'val' else name}_examples={cap} must be >= 0 (0 = all)")
+    train = train[:config.task.max_train_examples or None]
+    val = val[:config.task.max_eval_examples or None]
+    labels = label_vocabulary(train)
+    if config.task.num_classes not in (0, len(labels)):
+        raise DataError(f"task.num_classes={config.task.num_classes} but the training data has {len(labels)} labels "
+                        f"{labels}; set task.num_classes=0 to derive it")
+    config.task.num_classes = len(labels)
+    if config.model.pad_id != tok.pad_id:
+        raise DataError(f"model.pad_id={config.model.pad_id} but the tokenizer's pad id is {tok.pad_id}; set it")
+    per = B // process_count
+    rows = (process_index * per, (process_index + 1) * per)
+    splits, truncated = {}, {}
+    for name, examples in (("train", train), ("val", val)):
+        arrays, truncated[name] = encode(examples, tok, config.model.arch, config.data.seq_len)
+        arrays["targets"] = label_ids(examples, labels, source)[:, None]
+        arrays["weights"] = np.ones((len(examples), 1), np.float32)
+        splits[name] = Split(name, arrays, config.seed, B, rows)
+    if config.train.eval_steps < 0:
+        raise DataError(f"train.eval_steps={config.train.eval_steps} must be >= 0 (0 = the whole validation set)")
+    if config.train.eval_steps == 0:
+        config.train.eval_steps = splits["val"].num_batches
+    if truncated["train"] or truncated["val"]:
+        log.warning("%d train and %d validation examples were truncated to data.seq_len=%d", truncated["train"],
+                    truncated["val"], config.data.seq_len)
+    return Data(tok, splits["train"], splits["val"], labels, config.task.name, truncated)

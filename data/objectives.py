@@ -1,0 +1,292 @@
+"""Pre-training objectives: token windows -> fixed-shape numpy batches. Pure functions, numpy only.
+
+Each function takes the raw token windows of a batch (B, W) and, where it needs randomness, one
+`np.random.Generator` per row: row b's draws come only from rngs[b], so a row is the same whichever batch or
+process builds it. Keys (B = rows, L = seq_len, S = encoder length, T = target length):
+
+  causal_lm        inputs, targets, weights, target_bytes                    (B, L)
+  prefix_lm        the same + prefix_len (B,)
+  mlm              inputs, targets, weights, target_bytes                    (B, L)
+  span_corruption  encoder_inputs (B, S); targets, decoder_inputs, weights, target_bytes (B, T)
+
+Ids are int32, weights float32 (0 on padding and on positions not predicted), target_bytes int32
+(= token_bytes[targets], the UTF-8 bytes each target covers; for bits per byte, weight them like the loss).
+"""
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from data.errors import DataError
+
+NAMES = ("causal_lm", "prefix_lm", "mlm", "span_corruption")
+
+
+def _rows_uniform(rngs: Sequence[np.random.Generator], shape: tuple[int, ...]) -> np.ndarray:
+    """(B, *shape) uniforms in [0, 1), row b drawn from rngs[b]."""
+    return np.stack([r.random(shape) for r in rngs]) if len(rngs) else np.zeros((0, *shape))
+
+
+def causal_lm(windows: np.ndarray, token_bytes: np.ndarray) -> dict[str, np.ndarray]:
+    """Next-token prediction on windows of L + 1 tokens; documents are separated by the eos in the stream."""
+    w = windows.astype(np.int32)
+    inputs, targets = w[:, :-1], w[:, 1:]
+    return {
+        "inputs": np.ascontiguousarray(inputs),
+        "targets": np.ascontiguousarray(targets),
+        "weights": np.ones(inputs.shape, np.float32),
+        "target_bytes": token_bytes[targets],
+    }
+
+
+def prefix_lm(windows: np.ndarray, rngs: Sequence[np.random.Generator], token_bytes: np.ndarray):
+    """causal_lm plus a random prefix per row (bidirectional for the model); only targets after it count."""
+    batch = causal_lm(windows, token_bytes)
+    B, L = batch["inputs"].shape
+    u = _rows_uniform(rngs, ())
+    prefix_len = (1 + np.floor(u * (L - 1))).astype(np.int32)  # in [1, L - 1]
+    # Position i predicts token i + 1, which lies inside the prefix when i + 1 < prefix_len.
+    batch["weights"] = (np.arange(L)[None, :] >= prefix_len[:, None] - 1).astype(np.float32)
+    batch["prefix_len"] = prefix_len
+    return batch
+
+
+def mlm(
+    windows: np.ndarray,
+    rngs: Sequence[np.random.Generator],
+    tok,
+    mask_rate: float,
+    mask_token_frac: float,
+    random_token_frac: float,
+) -> dict[str, np.ndarray]:
+    """BERT masking of [CLS] + window + [SEP] (length L = W + 2).
+
+    Exactly max(1, round_half_up(mask_rate * n)) of each row's n non-special tokens are selected (uniformly at
+    random); each selected token independently becomes [MASK] with probability mask_token_frac, a random non-special
+    token with probability random_token_frac, else stays. Specials (cls, sep, eos, pad, ...) are never selected.
+    """
+    B, W = windows.shape
+    L = W + 2
+    targets = np.empty((B, L), np.int32)
+    targets[:, 0] = tok.cls_id
+    targets[:, 1:-1] = windows
+    targets[:, -1] = tok.sep_id
+    u = _rows_uniform(rngs, (3, L))
+    candidate = ~tok.is_special[targets]
+    n = candidate.sum(1)
+    k = np.where(n > 0, np.maximum(1, np.floor(mask_rate * n + 0.5)), 0).astype(np.int64)
+    order = np.argsort(np.where(candidate, u[:, 0], np.inf), axis=1, kind="stable")
+    rank = np.empty_like(order)
+    np.put_along_axis(rank, order, np.broadcast_to(np.arange(L), (B, L)), axis=1)
+    selected = rank < k[:, None]
+    to_mask = selected & (u[:, 1] < mask_token_frac)
+    to_random = selected & ~to_mask & (u[:, 1] < mask_token_frac + random_token_frac)
+    normal = tok.normal_ids
+    random_ids = normal[np.minimum((u[:, 2] * len(normal)).astype(np.int64), len(normal) - 1)]
+    inputs = np.where(to_mask, tok.mask_id, np.where(to_random, random_ids, targets)).astype(np.int32)
+    return {
+        "inputs": inputs,
+        "targets": targets,
+        "weights": selected.astype(np.float32),
+        "target_bytes": tok.token_bytes[targets],
+    }
+
+
+def _span_counts(length: int, noise_density: float, mean_span_length: float) -> tuple[int, int]:
+    """(noise tokens, noise spans) of a `length`-token example, as t5 random_spans_noise_mask counts them."""
+    num_noise = min(max(int(round(length * noise_density)), 1), length - 1)
+    num_spans = max(int(round(num_noise / mean_span_length)), 1)
+    return num_noise, num_spans
+
+
+def span_lengths(tokens_length: int, noise_density: float, mean_span_length: float) -> tuple[int, int]:
+    """(encoder length, target length) of span corruption on `tokens_length` raw tokens, eos included."""
+    num_noise, num_spans = _span_counts(tokens_length, noise_density, mean_span_length)
+    return tokens_length - num_noise + num_spans + 1, num_noise + num_spans + 1
+
+
+def random_spans_helper(inputs_length: int, noise_density: float, mean_span_length: float) -> tuple[int, int]:
+    """t5.data.preprocessors.random_spans_helper (one sentinel per span, eos appended).
+
+    Returns (raw tokens per example, target length): the most raw tokens whose corrupted encoder input still fits
+    in `inputs_length`. Counts come from `_span_counts` so that they always agree with the noise mask.
+    """
+    tokens_length = inputs_length
+    # Not in t5, whose start always fits at its settings: with short spans (mean_span_length near 1) the sentinels
+    # outnumber the removed tokens, so fewer raw tokens than inputs_length must be taken.
+    while tokens_length > 2 and span_lengths(tokens_length, noise_density, mean_span_length)[0] > inputs_length:
+        tokens_length -= 1
+    while span_lengths(tokens_length + 1, noise_density, mean_span_length)[0] <= inputs_length:
+        tokens_length += 1
+    targets_length = span_lengths(tokens_length, noise_density, mean_span_length)[1]
+    if noise_density == 0.5 and targets_length > inputs_length:  # t5's tweak: targets no longer than inputs
+        tokens_length -= 1
+        targets_length -= 1
+    return tokens_length, targets_length
+
+
+def _span_fits(inputs_length: int, noise_density: float, mean_span_length: float) -> bool:
+    raw = random_spans_helper(inputs_length, noise_density, mean_span_length)[0]
+    return raw >= 2 and span_lengths(raw, noise_density, mean_span_length)[0] <= inputs_length
+
+
+def _random_segmentation(u: np.ndarray, num_items: int, num_segments: int) -> np.ndarray:
+    """(B, num_segments) lengths of a uniformly random split of num_items into non-empty segments.
+
+    u: (B, num_items - 1) uniforms; the num_segments - 1 gaps with the smallest u start new segments
+    (a uniform random subset, as t5's shuffle of the first-in-segment indicator gives).
+    """
+    B = u.shape[0]
+    starts = np.sort(np.argsort(u, axis=1)[:, : num_segments - 1] + 1, axis=1)
+    bounds = np.concatenate([np.zeros((B, 1), np.int64), starts, np.full((B, 1), num_items)], axis=1)
+    return np.diff(bounds, axis=1)
+
+
+def random_spans_noise_mask(
+    rngs: Sequence[np.random.Generator], length: int, noise_density: float, mean_span_length: float
+) -> np.ndarray:
+    """(B, length) bool: t5 random_spans_noise_mask per row. Spans alternate non-noise, noise, ..., noise."""
+    num_noise, num_spans = _span_counts(length, noise_density, mean_span_length)
+    num_nonnoise = length - num_noise
+    B = len(rngs)
+    u_noise = np.stack([r.random(num_noise - 1) for r in rngs]) if B else np.zeros((0, num_noise - 1))
+    u_nonnoise = np.stack([r.random(num_nonnoise - 1) for r in rngs]) if B else np.zeros((0, num_nonnoise - 1))
+    noise_lengths = _random_segmentation(u_noise, num_noise, num_spans)
+    nonnoise_lengths = _random_segmentation(u_nonnoise, num_nonnoise, num_spans)
+    interleaved = np.stack([nonnoise_lengths, noise_lengths], axis=2).reshape(B, 2 * num_spans)
+    span_starts = np.cumsum(interleaved, axis=1)[:, :-1]
+    indicator = np.zeros((B, length), np.int64)
+    np.put_along_axis(indicator, span_starts, 1, axis=1)
+    return np.cumsum(indicator, axis=1) % 2 == 1
+
+
+def _spans_to_sentinels(tokens: np.ndarray, mask: np.ndarray, sentinel_ids: np.ndarray, out_len: int):
+    """Each run of `mask` -> one sentinel (<extra_id_0>, <extra_id_1>, ... per row); rows keep out_len tokens."""
+    prev = np.zeros_like(mask)
+    prev[:, 1:] = mask[:, :-1]
+    first = mask & ~prev
+    later = mask & prev
+    sentinel = sentinel_ids[np.maximum(np.cumsum(first, axis=1) - 1, 0)]
+    replaced = np.where(first, sentinel, tokens)
+    return replaced[~later].reshape(tokens.shape[0], out_len)
+
+
+def span_corruption(
+    windows: np.ndarray,
+    rngs: Sequence[np.random.Generator],
+    tok,
+    noise_density: float,
+    mean_span_length: float,
+    seq_len: int,
+    target_len: int,
+) -> dict[str, np.ndarray]:
+    """T5 span corruption (t5.data.preprocessors.span_corruption) of raw windows (B, W).
+
+    encoder_inputs: non-noise tokens with each noise span replaced by one sentinel, eos, pad to seq_len.
+    targets: <extra_id_0> span_0 <extra_id_1> span_1 ... eos, pad to target_len. decoder_inputs: targets shifted
+    right with pad (0) as the start token. weights: 1 on the real targets (sentinels and eos included).
+    """
+    B, W = windows.shape
+    tokens = windows.astype(np.int32)
+    noise = random_spans_noise_mask(rngs, W, noise_density, mean_span_length)
+    num_noise, num_spans = _span_counts(W, noise_density, mean_span_length)
+    enc_len, tgt_len = span_lengths(W, noise_density, mean_span_length)
+    enc = np.zeros((B, seq_len), np.int32)
+    enc[:, : enc_len - 1] = _spans_to_sentinels(tokens, noise, tok.sentinel_ids, enc_len - 1)
+    enc[:, enc_len - 1] = tok.eos_id
+    targets = np.zeros((B, target_len), np.int32)
+    targets[:, : tgt_len - 1] = _spans_to_sentinels(tokens, ~noise, tok.sentinel_ids, tgt_len - 1)
+    targets[:, tgt_len - 1] = tok.eos_id
+    decoder_inputs = np.zeros_like(targets)
+    decoder_inputs[:, 1:] = targets[:, :-1]
+    weights = np.broadcast_to(np.arange(target_len) < tgt_len, (B, target_len)).astype(np.float32)
+    return {
+        "encoder_inputs": enc,
+        "targets": targets,
+        "decoder_inputs": decoder_inputs,
+        "weights": weights,
+        "target_bytes": tok.token_bytes[targets],
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """An objective bound to its settings: `window_len` raw tokens per row in, `fn(windows, rngs)` -> batch."""
+
+    name: str
+    window_len: int
+    fn: Callable[[np.ndarray, Sequence[np.random.Generator]], dict[str, np.ndarray]]
+    shapes: dict[str, tuple[tuple[int, ...], type]]  # key -> (per-row shape, dtype)
+
+    def __call__(self, windows: np.ndarray, rngs: Sequence[np.random.Generator]) -> dict[str, np.ndarray]:
+        return self.fn(windows, rngs)
+
+    def batch_shapes(self, rows: int) -> dict[str, tuple[tuple[int, ...], type]]:
+        """key -> ((rows, *shape), dtype) of a batch of `rows` examples (e.g. for abstract initialisation)."""
+        return {k: ((rows, *s), d) for k, (s, d) in self.shapes.items()}
+
+
+def _check_fraction(flag: str, value: float, lo_open: bool, hi_open: bool) -> None:
+    lo_ok = value > 0 if lo_open else value >= 0
+    hi_ok = value < 1 if hi_open else value <= 1
+    if not (lo_ok and hi_ok):
+        interval = f"{'(' if lo_open else '['}0, 1{')' if hi_open else ']'}"
+        raise DataError(f"{flag}={value} must be in {interval}")
+
+
+def build(config, tok) -> Objective:
+    """The objective config.objective.name at config.data.seq_len, validated (DataError names the flag)."""
+    obj, name, L = config.objective, config.objective.name, config.data.seq_len
+    if name not in NAMES:
+        raise DataError(f"objective.name: unknown {name!r}; choose one of {list(NAMES)}")
+    i32, f32 = np.int32, np.float32
+    minimum = {"causal_lm": 1, "prefix_lm": 2, "mlm": 3, "span_corruption": 4}[name]
+    if L < minimum:
+        raise DataError(f"data.seq_len={L} is too short for {name}; use at least {minimum}")
+    tb = tok.token_bytes
+    lm_shapes = {k: ((L,), f32 if k == "weights" else i32) for k in ("inputs", "targets", "weights", "target_bytes")}
+    if name == "causal_lm":
+        return Objective(name, L + 1, lambda w, rngs: causal_lm(w, tb), lm_shapes)
+    if name == "prefix_lm":
+        return Objective(name, L + 1, lambda w, rngs: prefix_lm(w, rngs, tb), {**lm_shapes, "prefix_len": ((), i32)})
+    if name == "mlm":
+        _check_fraction("objective.mask_rate", obj.mask_rate, True, True)
+        _check_fraction("objective.mask_token_frac", obj.mask_token_frac, False, False)
+        _check_fraction("objective.random_token_frac", obj.random_token_frac, False, False)
+        if obj.mask_token_frac + obj.random_token_frac > 1:
+            raise DataError(
+                f"objective.mask_token_frac + objective.random_token_frac = "
+                f"{obj.mask_token_frac + obj.random_token_frac} must be at most 1"
+            )
+        args = (obj.mask_rate, obj.mask_token_frac, obj.random_token_frac)
+        return Objective(name, L - 2, lambda w, rngs: mlm(w, rngs, tok, *args), lm_shapes)
+
+    nd, msl = obj.noise_density, obj.mean_span_length
+    _check_fraction("objective.noise_density", nd, True, True)
+    if msl < 1:
+        raise DataError(f"objective.mean_span_length={msl} must be at least 1")
+    raw, derived_t = random_spans_helper(L, nd, msl)
+    enc_len, _ = span_lengths(raw, nd, msl)
+    if raw < 2 or enc_len > L:
+        fits = next(s for s in range(L + 1, L + 10_000) if _span_fits(s, nd, msl))
+        raise DataError(
+            f"data.seq_len={L} is too short for span_corruption (noise_density={nd}, mean_span_length={msl}): the "
+            f"corrupted input needs room for its sentinels and eos; use data.seq_len >= {fits}"
+        )
+    spans = _span_counts(raw, nd, msl)[1]
+    if spans > len(tok.sentinel_ids):
+        raise DataError(
+            f"data.seq_len={L} gives {spans} noise spans per example but there are only {len(tok.sentinel_ids)} "
+            f"sentinels; lower data.seq_len or raise objective.mean_span_length"
+        )
+    T = config.data.target_len or derived_t
+    if T < derived_t:
+        raise DataError(
+            f"data.target_len={T} is too short: span corruption of {raw} tokens makes {derived_t} targets; "
+            f"use data.target_len >= {derived_t} or 0 (derived)"
+        )
+    shapes = {"encoder_inputs": ((L,), i32)} | {
+        k: ((T,), f32 if k == "weights" else i32) for k in ("targets", "decoder_inputs", "weights", "target_bytes")
+    }
+    return Objective(name, raw, lambda w, rngs: span_corruption(w, rngs, tok, nd, msl, L, T), shapes)

@@ -1,0 +1,177 @@
+"""Probe tasks built deterministically from the VALIDATION text of the pretraining corpus (never its training text).
+
+The source documents are the validation split exactly as data/corpus.py makes it (data.val_files, or the
+data.val_fraction of documents with the smallest content hashes). They are divided again, by a differently salted
+content hash, into probe-train and probe-eval sources (task.eval_fraction of them to eval), so the two parts never
+share a source document. Every usable source document gives one positive and one negative example, so both parts
+are exactly balanced. Records have the data/classify.py format ({"text": ...} or {"text_a", "text_b"}, "label").
+
+  next_sentence  Each document is cut in two at the boundary nearest its middle, preferring a line break, then a
+                 sentence end (.?!), a clause end (;:), a comma, any space. a = the first part (its last
+                 task.max_words // 2 words), b = the second (its first task.max_words // 2 words). Label 1: b is a's
+                 own continuation; label 0: b is the second part of another document of the same part whose cut
+                 has the same signature (a's final punctuation, b's capitalisation), so those surface cues do not
+                 give the label away. (KJV documents are verses, and consecutive verses are rarely both in the val
+                 split, so "the line that follows" is the part that follows within a document.)
+  word_order     The first task.max_words words of a document: label 1 intact; label 0 with two adjacent
+                 alphabetic, different words swapped (never the first word, so capitalisation and punctuation give
+                 nothing away; the swap is always inside the text the model sees).
+
+  python -m data.probes --task=word_order --out=/tmp/probes   # writes train.jsonl and val.jsonl to look at
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+
+import numpy as np
+
+from data import corpus as corpus_lib
+from data.errors import DataError
+
+TASKS = ("next_sentence", "word_order")
+_TASK_IDS = {"next_sentence": 0, "word_order": 1}
+_PART_IDS = {"train": 0, "eval": 1}
+_WORD = re.compile(r"\S+")
+_MIN_SIDE = 3  # next_sentence: words each part keeps at least
+
+
+def source_documents(data) -> list[str]:
+    """The validation documents of the corpus config.data describes, as data/corpus.py splits them."""
+    if data.val_files:
+        files = corpus_lib.expand(data.val_files, "data.val_files")
+        return [d for f in files for d in corpus_lib.read_documents(f, data.txt_documents, data.jsonl_field)]
+    files = corpus_lib.expand(data.train_files, "data.train_files")
+    docs = [d for f in files for d in corpus_lib.read_documents(f, data.txt_documents, data.jsonl_field)]
+    return corpus_lib.split_train_val(docs, data.val_fraction)[1]
+
+
+def split_sources(docs: list[str], eval_fraction: float) -> dict[str, list[str]]:
+    """Probe-train and probe-eval sources: the round(eval_fraction * n) documents with the smallest salted hashes
+    go to eval (independent of the corpus split's own hash order); both keep document order."""
+    if not 0.0 < eval_fraction < 1.0:
+        raise DataError(f"task.eval_fraction={eval_fraction} must be in (0, 1)")
+    n_eval = min(len(docs) - 1, max(1, round(eval_fraction * len(docs))))
+    keys = [hashlib.blake2b(d.encode("utf-8"), digest_size=8, person=b"triad-probes").digest() for d in docs]
+    order = sorted(range(len(docs)), key=lambda i: (keys[i], i))
+    is_eval = np.zeros(len(docs), bool)
+    is_eval[order[:n_eval]] = True
+    return {"train": [d for d, e in zip(docs, is_eval, strict=True) if not e],
+            "eval": [d for d, e in zip(docs, is_eval, strict=True) if e]}
+
+
+def _boundary_rank(word: str, gap: str) -> int:
+    """How good a cut after `word` (followed by whitespace `gap`) is: 0 line break ... 4 any space."""
+    if "\n" in gap:
+        return 0
+    w = word.rstrip("\"')]")
+    if w.endswith((".", "?", "!")):
+        return 1
+    if w.endswith((";", ":")):
+        return 2
+    return 3 if w.endswith(",") else 4
+
+
+def cut(doc: str, max_words: int) -> tuple[str, str] | None:
+    """(a, b): `doc` cut at its best boundary nearest the middle, each side at most max_words // 2 words; None
+    when the document is too short for both sides to keep _MIN_SIDE words."""
+    spans = [m.span() for m in _WORD.finditer(doc)]
+    n = len(spans)
+    if n < 2 * _MIN_SIDE:
+        return None
+    best = min(range(_MIN_SIDE - 1, n - _MIN_SIDE),
+               key=lambda i: (_boundary_rank(doc[spans[i][0]:spans[i][1]], doc[spans[i][1]:spans[i + 1][0]]),
+                              abs(2 * (i + 1) - n), i))
+    words = [doc[s:e] for s, e in spans]
+    half = max(_MIN_SIDE, max_words // 2)
+    return " ".join(words[:best + 1][-half:]), " ".join(words[best + 1:][:half])
+
+
+def _signature(a: str, b: str) -> tuple[str, bool]:
+    end = a.rstrip("\"')]")[-1]
+    return (end if not end.isalnum() else "", b[:1].isupper())
+
+
+def next_sentence(docs: list[str], rng: np.random.Generator, max_words: int) -> list[dict]:
+    """One positive and one matched negative per usable document (see the module docstring)."""
+    cuts = [c for c in (cut(d, max_words) for d in docs) if c is not None]
+    groups: dict[tuple, list[int]] = {}
+    for i, (a, b) in enumerate(cuts):
+        groups.setdefault(_signature(a, b), []).append(i)
+    out = []
+    for i, (a, b) in enumerate(cuts):
+        others = [j for j in groups[_signature(a, b)] if j != i and cuts[j][1] != b]
+        if not others:
+            continue  # no negative with the same surface signature: leave the document out (keeps balance)
+        j = others[int(rng.integers(len(others)))]
+        out.append({"text_a": a, "text_b": b, "label": 1})
+        out.append({"text_a": a, "text_b": cuts[j][1], "label": 0})
+    return out
+
+
+def word_order(docs: list[str], rng: np.random.Generator, max_words: int) -> list[dict]:
+    """The intact text and the same text with one adjacent pair swapped, per usable document."""
+    out = []
+    for d in docs:
+        words = d.split()[:max_words]
+        spots = [k for k in range(1, len(words) - 1)
+                 if words[k].isalpha() and words[k + 1].isalpha() and words[k].lower() != words[k + 1].lower()]
+        if not spots:
+            continue
+        k = spots[int(rng.integers(len(spots)))]
+        swapped = words[:k] + [words[k + 1], words[k]] + words[k + 2:]
+        out.append({"text": " ".join(words), "label": 1})
+        out.append({"text": " ".join(swapped), "label": 0})
+    return out
+
+
+def build(data, task) -> dict[str, list[dict]]:
+    """{'train': records, 'eval': records} of probe task.name from the corpus in config.data (`data`)."""
+    if task.name not in TASKS:
+        raise DataError(f"task.name: {task.name!r} is not a probe task; choose one of {list(TASKS)}")
+    if task.max_words < 2 * _MIN_SIDE:
+        raise DataError(f"task.max_words={task.max_words} is too small for the probes; use at least {2 * _MIN_SIDE}")
+    parts = split_sources(source_documents(data), task.eval_fraction)
+    fn = next_sentence if task.name == "next_sentence" else word_order
+    out = {}
+    for part, docs in parts.items():
+        rng = np.random.default_rng([task.seed, _TASK_IDS[task.name], _PART_IDS[part]])
+        out[part] = fn(docs, rng, task.max_words)
+        if not out[part]:
+            raise DataError(f"the {task.name} probe has no {part} examples: the validation split has too few usable "
+                            f"documents ({len(docs)} {part} sources); raise data.val_fraction or pass larger "
+                            "data.val_files")
+    return out
+
+
+def write(records: dict[str, list[dict]], directory: str) -> dict[str, str]:
+    """Writes train.jsonl and val.jsonl (the 'eval' part) to `directory`; returns their paths."""
+    os.makedirs(directory, exist_ok=True)
+    paths = {}
+    for part, name in (("train", "train.jsonl"), ("eval", "val.jsonl")):
+        paths[part] = os.path.join(directory, name)
+        with open(paths[part], "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r) + "\n" for r in records[part])
+    return paths
+
+
+def main(argv):
+    from absl import flags
+
+    from experiments.configs import finetune
+
+    fv = flags.FLAGS
+    config = finetune.get_config(f"task={fv.task}")
+    paths = write(build(config.data, config.task), fv.out)
+    print(f"wrote {paths['train']} and {paths['eval']}")
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+
+    flags.DEFINE_enum("task", "next_sentence", list(TASKS), "Probe task.")
+    flags.DEFINE_string("out", None, "Directory for train.jsonl and val.jsonl.", required=True)
+    app.run(main)

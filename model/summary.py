@@ -1,0 +1,174 @@
+"""Parameters per module and training FLOPs of an experiment config, without building or compiling the model.
+
+  python -m model.summary --config=experiments/configs/gpt.py:small [--config.model.n_layers=12] [--json]
+
+Pure arithmetic (model/flops.py). The vocabulary is the one a training run would use: the run replaces
+config.model.vocab_size by its tokenizer's size, i.e. config.data.vocab_size for a trained tokenizer (the size of
+data.tokenizer's file, or of the byte tokenizer, when those are set). Lengths: config.data.seq_len (the t5 encoder
+length S) and for t5 the decoder length T, both taken from the batch shapes data.objectives.build makes (so T is
+config.data.target_len, or when 0 the length span corruption needs for objective.noise_density and mean_span_length).
+--json prints {"params", "flops_per_token" (training, = 3 x forward), "flops_per_step", "breakdown", ...}.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from model import flops
+from model.config import ConfigError, ModelConfig, from_dict
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config, e.g. experiments/configs/gpt.py:small.")
+_JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of the table.")
+_PER_LAYER = flags.DEFINE_bool("per_layer", False, "One table row per layer instead of one per kind of module.")
+
+
+def vocab_and_tokenizer(data):
+    """(vocabulary size a training run would use, where it comes from, a tokenizer with the run's special tokens)."""
+    from data import tokenizer
+
+    if data.tokenizer:
+        tok = tokenizer.load(data.tokenizer)
+        return tok.vocab_size, f"data.tokenizer={data.tokenizer}", tok
+    byte = tokenizer.ByteTokenizer()  # Every Triad tokenizer has the same specials, all the objectives look at.
+    if data.tokenizer_type == "byte":
+        return byte.vocab_size, "data.tokenizer_type='byte'", byte
+    return data.vocab_size, "data.vocab_size", byte
+
+
+def lengths(config, cfg: ModelConfig, tok) -> tuple[int, int]:
+    """(seq_len, target_len) of the batches the data pipeline builds (target_len 0 unless cfg.arch is 't5').
+
+    The objective (data.objectives.build) validates its settings and derives the t5 target length from
+    objective.noise_density and mean_span_length when data.target_len is 0.
+    """
+    from data import objectives
+
+    shapes = objectives.build(config, tok).shapes
+    if cfg.arch == "t5":
+        if "encoder_inputs" not in shapes:
+            raise ConfigError(f"model.arch='t5' needs encoder and decoder inputs, which objective.name="
+                              f"{config.objective.name!r} does not make: use objective.name='span_corruption'")
+        return shapes["encoder_inputs"][0][0], shapes["decoder_inputs"][0][0]
+    if "inputs" not in shapes:
+        raise ConfigError(f"model.arch={cfg.arch!r} reads one token sequence; objective.name="
+                          f"{config.objective.name!r} makes encoder/decoder inputs: pick another objective")
+    return shapes["inputs"][0][0], 0
+
+
+def summarize(config, per_layer: bool = False) -> dict:
+    """The numbers of the table / JSON for an experiment ConfigDict."""
+    vocab, source, tok = vocab_and_tokenizer(config.data)
+    cfg = from_dict(config.model, vocab_size=vocab)
+    seq_len, target_len = lengths(config, cfg, tok)
+    batch = config.train.batch_size
+    per_token = flops.flops_per_token(cfg, seq_len, target_len)
+    return {
+        "arch": cfg.arch,
+        "params": flops.param_count(cfg),
+        "matmul_params": flops.matmul_param_count(cfg),
+        "flops_per_token": per_token["train"],
+        "flops_per_step": flops.training_flops_per_step(cfg, batch, seq_len, target_len),
+        "forward_flops_per_token": per_token["forward"],
+        "flops_per_token_detail": {k: v for k, v in per_token.items() if k != "tokens"},
+        "tokens_per_example": int(per_token["tokens"]),
+        "batch_size": batch,
+        "seq_len": seq_len,
+        "target_len": target_len,
+        "vocab_size": vocab,
+        "vocab_source": source,
+        "breakdown": dict(flops.param_breakdown(cfg, per_layer=per_layer)),
+        "layers": {"encoder": cfg.n_layers, "decoder": cfg.decoder_layers} if cfg.arch == "t5"
+        else {"decoder" if cfg.arch == "gpt" else "encoder": cfg.n_layers},
+    }
+
+
+def _si(x: float) -> str:
+    for unit, scale in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= scale:
+            return f"{x / scale:.3f} {unit}"
+    return f"{x:.0f} "
+
+
+def table(s: dict) -> str:
+    """The human-readable report of `summarize`."""
+    total = s["params"]
+    width = max(len(p) for p in s["breakdown"]) + 2
+    lines = [f"{'module':<{width}}{'layers':>7}{'per layer':>13}{'params':>14}{'share':>8}"]
+    for path, n in s["breakdown"].items():
+        m = re.match(r"(\w+)/layer(?:s|_\*)/", path)
+        layers = s["layers"][m.group(1)] if m else 1
+        per = f"{n // layers:,}" if m else ""
+        lines.append(f"{path:<{width}}{(f'x{layers}' if m else ''):>7}{per:>13}{n:>14,}{n / total:>8.1%}")
+    lines.append(f"{'total':<{width}}{'':>7}{'':>13}{total:>14,}{1:>8.0%}")
+    lines.append(f"vocab_size {s['vocab_size']:,} from {s['vocab_source']} (the training run's tokenizer size; "
+                 f"config.model.vocab_size is replaced by it)")
+    d = s["flops_per_token_detail"]
+    if s["arch"] == "t5":
+        tokens = f"S + T = {s['seq_len']} + {s['target_len']} = {s['tokens_per_example']} tokens per example"
+    else:
+        tokens = f"L = {s['seq_len']} tokens per example"
+    causal = f" [causal half {_si(d['attention_causal'])}]" if s["arch"] != "bert" else ""
+    six_n = f"  (6 x matmul params = {_si(6 * s['matmul_params'])})" if s["arch"] != "t5" else ""
+    lines += [
+        f"FLOPs (matmuls only, 2mnk; causal attention over the full square; train = 3 x forward); {tokens}",
+        f"  forward per token    {_si(d['forward'])}FLOP  (dense {_si(d['dense'])}, attention {_si(d['attention'])}"
+        f"{causal}, head {_si(d['head'])})",
+        f"  training per token   {_si(s['flops_per_token'])}FLOP{six_n}",
+        f"  training per step    {_si(s['flops_per_step'])}FLOP  (batch_size {s['batch_size']} x "
+        f"{s['tokens_per_example']} tokens)",
+    ]
+    return "\n".join(lines)
+
+
+def _fail(msg: str) -> None:
+    sys.stderr.write(f"error: {msg}\n")
+    sys.exit(2)
+
+
+def _flag_error(e: BaseException, argv: list[str]) -> str:
+    """One line for an exception raised while parsing --config and its overrides."""
+    text = str(e)
+    if isinstance(e, (KeyError, AttributeError)):  # An override of a field the config does not have.
+        name = (re.findall(r"(\w+)", text) or ["?"])[0]
+        arg = next((a.split("=")[0] for a in argv if a.startswith("--config.") and name in a.split("=")[0].split(".")),
+                   "--config")
+        hint = re.search(r'Did you mean "(\w+)"', text)
+        return f"{arg}: the config has no field {name!r}" + (f"; did you mean {hint.group(1)!r}?" if hint else "")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("Pass --help")]
+    if "Traceback" in text:  # An exception inside the config file's get_config: keep its last line.
+        arg = next((a for a in argv if a.startswith("--config=")), "--config")
+        return f"{arg}: {lines[-1]}"
+    return " ".join(lines)
+
+
+def _parse(argv: list[str]) -> list[str]:
+    try:
+        return flags.FLAGS(argv)
+    except Exception as e:  # Any flag-parsing failure is a user error: one line, no traceback.
+        _fail(_flag_error(e, argv))
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        _fail(f"unexpected arguments {argv[1:]}; usage: python -m model.summary --config=FILE.py:VARIANT [--json]")
+    from data.errors import DataError
+
+    config = _CONFIG.value
+    if config is None:
+        _fail("--config is required, e.g. --config=experiments/configs/gpt.py:small")
+    try:
+        s = summarize(config, per_layer=_PER_LAYER.value)
+    except OSError as e:  # The config file could not be loaded (config_flags raises on first use).
+        _fail(f"--config: {str(e).strip().splitlines()[-1].strip()}")
+    except (ConfigError, DataError, ValueError) as e:
+        _fail(str(e))
+    print(json.dumps(s, indent=2) if _JSON.value else table(s))
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=_parse)

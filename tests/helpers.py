@@ -1,0 +1,53 @@
+"""Small configs and corpora shared by the training tests (tiny enough for 2 CPU cores)."""
+
+import gzip
+import os
+
+from experiments.configs import base
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KJV = os.path.join(ROOT, "data", "corpora", "kjv.txt.gz")
+
+
+def small_corpus(directory: str, lines: int = 3000) -> str:
+    """The first `lines` verses of the bundled corpus as a .txt file in `directory`."""
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, "corpus.txt")
+    if not os.path.exists(path):
+        with gzip.open(KJV, "rt", encoding="utf-8") as f:
+            text = [next(f) for _ in range(lines)]
+        with open(path, "w", encoding="utf-8") as f:
+            f.writelines(text)
+    return path
+
+
+def tiny_config(arch: str, directory: str, **overrides):
+    """A config small enough to train a few steps in seconds: d_model 32, 2 layers, vocab 512, length 32."""
+    c = base.base_config(arch, "tiny")
+    c.data.train_files = small_corpus(directory)
+    c.data.vocab_size = 512
+    c.data.cache_dir = os.path.join(directory, "cache")
+    c.data.seq_len = 32
+    c.data.prefetch = 1
+    c.model.d_model = 32
+    c.model.n_heads = 2
+    c.model.d_ff = 64
+    c.model.n_layers = 2
+    if arch == "t5":
+        c.model.n_decoder_layers = 2
+    c.model.max_len = 32
+    c.train.batch_size = 8
+    c.train.steps = 6
+    c.train.warmup_steps = 2
+    c.train.log_every = 1
+    c.train.eval_every = 6
+    c.train.eval_steps = 2
+    c.train.checkpoint_every = 3
+    c.train.progress_bar = False
+    for key, value in overrides.items():
+        node = c
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return c

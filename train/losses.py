@@ -1,0 +1,103 @@
+"""Token-weighted cross-entropy, z-loss and accuracy, returned as sums so that averages are taken once, on the host.
+
+Every objective (causal LM, prefix LM, MLM, span corruption) goes through `cross_entropy`: the batch says which
+positions count through `weights`, so an MLM batch (15% of positions) and a T5 batch (variable target lengths) are
+averaged correctly across microbatches, devices and hosts.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Keys of the sums every step returns; `weight` is the denominator of the per-token averages.
+SUM_KEYS = ("loss", "nll", "z_loss", "correct", "weight", "bytes")
+
+
+def cross_entropy(
+    logits_BxLxV: jax.Array,
+    targets_BxL: jax.Array,
+    weights_BxL: jax.Array,
+    target_bytes_BxL: jax.Array | None = None,
+    *,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+) -> dict[str, jax.Array]:
+    """Sums over weighted positions of: training loss, plain NLL (nats), z-loss, correct argmax, weight, bytes."""
+    logits = logits_BxLxV.astype(jnp.float32)
+    vocab = logits.shape[-1]
+    log_z_BxL = jax.nn.logsumexp(logits, axis=-1)
+    target_logit_BxL = jnp.take_along_axis(logits, targets_BxL[..., None], axis=-1)[..., 0]
+    nll_BxL = log_z_BxL - target_logit_BxL
+    if label_smoothing:
+        # Cross-entropy against q = (confidence at the target, `low` elsewhere), minus the entropy of q so that a
+        # perfect model scores 0 (as in t5x):  -sum_v q_v log p_v = (conf - low) nll - low * V * mean_v(log p_v).
+        confidence = 1.0 - label_smoothing
+        low = label_smoothing / (vocab - 1)
+        entropy = -(confidence * math.log(confidence) + (vocab - 1) * low * math.log(low))
+        mean_logp_BxL = jnp.mean(logits, axis=-1) - log_z_BxL
+        loss_BxL = (confidence - low) * nll_BxL - low * vocab * mean_logp_BxL - entropy
+    else:
+        loss_BxL = nll_BxL
+    z_BxL = z_loss * jnp.square(log_z_BxL)
+    weights = weights_BxL.astype(jnp.float32)
+    correct_BxL = (jnp.argmax(logits, axis=-1) == targets_BxL).astype(jnp.float32)
+    sums = {
+        "loss": jnp.sum((loss_BxL + z_BxL) * weights),
+        "nll": jnp.sum(nll_BxL * weights),
+        "z_loss": jnp.sum(z_BxL * weights),
+        "correct": jnp.sum(correct_BxL * weights),
+        "weight": jnp.sum(weights),
+    }
+    if target_bytes_BxL is None:
+        sums["bytes"] = jnp.zeros((), jnp.float32)
+    else:
+        sums["bytes"] = jnp.sum(target_bytes_BxL.astype(jnp.float32) * (weights > 0))
+    return sums
+
+
+# -- fine-tuning (issue 7): classification metrics --
+def confusion(logits_BxLxC: jax.Array, targets_BxL: jax.Array, weights_BxL: jax.Array) -> jax.Array:
+    """(C, C) float32 summed weights of the positions with target t (row) and argmax prediction p (column)."""
+    C = logits_BxLxC.shape[-1]
+    pred_BxLxC = jax.nn.one_hot(jnp.argmax(logits_BxLxC, axis=-1), C, dtype=jnp.float32)
+    true_BxLxC = jax.nn.one_hot(targets_BxL, C, dtype=jnp.float32) * weights_BxL.astype(jnp.float32)[..., None]
+    return jnp.einsum("blt,blp->tp", true_BxLxC, pred_BxLxC)
+
+
+def classification_metrics(confusion_CxC, prefix: str) -> dict[str, float]:
+    """Accuracy from summed confusion counts; for two classes also F1 of the positive class (index 1), for more
+    the macro-average F1 over classes."""
+    cm = np.asarray(confusion_CxC, np.float64)
+    tp = np.diag(cm)
+    denom = cm.sum(0) + cm.sum(1)  # 2 tp + fp + fn per class
+    f1 = np.where(denom > 0, 2 * tp / np.maximum(denom, 1e-12), 0.0)
+    out = {f"{prefix}/accuracy": float(tp.sum() / max(cm.sum(), 1e-9))}
+    if len(cm) == 2:
+        out[f"{prefix}/f1"] = float(f1[1])
+    else:
+        out[f"{prefix}/macro_f1"] = float(f1.mean())
+    return out
+# -- end fine-tuning --
+
+
+def summarize(sums: dict[str, float], prefix: str) -> dict[str, float]:
+    """Host-side averages from summed metrics: loss, accuracy, perplexity and bits per byte (and, given confusion
+    counts, the classification metrics)."""
+    weight = max(float(sums["weight"]), 1e-9)
+    nll = float(sums["nll"]) / weight
+    out = {
+        f"{prefix}/loss": float(sums["loss"]) / weight,
+        f"{prefix}/nll": nll,
+        f"{prefix}/accuracy": float(sums["correct"]) / weight,
+        f"{prefix}/perplexity": math.exp(min(nll, 80.0)),
+        f"{prefix}/tokens": float(sums["weight"]),
+    }
+    if float(sums.get("z_loss", 0.0)):
+        out[f"{prefix}/z_loss"] = float(sums["z_loss"]) / weight
+    if float(sums.get("bytes", 0.0)) > 0:
+        out[f"{prefix}/bits_per_byte"] = float(sums["nll"]) / (math.log(2) * float(sums["bytes"]))
+    if "confusion" in sums:
+        out.update(classification_metrics(sums["confusion"], prefix))
+    return out
