@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP)  ## The main job: the architecture comparison on the bundled corpus.
-	$(BIN)/python -m train.main --config=experiments/configs/gpt.py:tiny --workdir=runs/gpt-tiny
+	$(BIN)/python -m experiments.compare --workdir=$(WORKDIR)
 
 test: $(STAMP)  ## The default test suite (fast, CPU).
 	$(BIN)/python -m pytest -q -n 2 --durations=15

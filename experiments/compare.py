@@ -1,0 +1,148 @@
+"""Trains the contenders of a suite one after another, on one corpus and tokenizer, at a matched budget; writes
+the report (report.md, report.json, PNG plots) into the workdir.
+
+  python -m experiments.compare --workdir=runs/compare                  # default suite: bert, gpt, t5, FLOPs matched
+  python -m experiments.compare --workdir=runs/c --contenders=gpt,t5 --budget_tokens=1e6
+  python -m experiments.compare --workdir=runs/c --budget_seconds=60 --config.train.learning_rate=1e-3
+  python -m experiments.compare --workdir=runs/c --suite=experiments/suites/mine.py --dry_run
+
+What is matched (one flag; default: the suite's budget):
+  --budget_flops    steps = round(budget / training FLOPs per step), FLOPs from model/flops.py with the batch's
+                    real lengths (L, or S and T for t5)
+  --budget_tokens   steps = round(budget / token positions per step) (batch x L, or batch x (S + T) for t5)
+  --budget_seconds  every contender's step time is measured first (compile, 2 warm-up steps, 8 timed steps) and
+                    steps = floor(budget / step time): the budget is time spent in training steps, not compile,
+                    evaluation or checkpoints (the report shows the realised loop and wall times)
+  --steps           the same number of steps for every contender
+Warmup keeps the config's fraction of the steps; `--evals` evaluations (and checkpoints) are spread evenly, so the
+curves of all contenders are sampled at the same fractions of the budget.
+
+Each contender trains in `<workdir>/<name>`. Re-running the command skips finished contenders (summary.json of the
+same config) and resumes an interrupted one from its last checkpoint; the planned steps are kept in plan.json, so a
+seconds budget is measured once. `--config.*` overrides apply to every contender (before the suite's own).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from experiments import suites, sweep
+from experiments.sweep import Run, SweepError
+
+
+def suite_runs(suite: dict, names: list[str] | None = None, overrides: dict | None = None) -> list[Run]:
+    """One Run per selected contender (all of them by default), `overrides` applied before the suite's."""
+    contenders = suite["contenders"]
+    names = names or list(contenders)
+    unknown = [n for n in names if n not in contenders]
+    if unknown:
+        raise SweepError(f"--contenders: unknown {unknown}; this suite has {list(contenders)}")
+    return [sweep.make_run(contenders[n]["config"], {**(overrides or {}), **contenders[n]["overrides"]}, group=n,
+                           hashed=False) for n in names]
+
+
+def check_params(runs: list[Run], tolerance: float) -> dict[str, int]:
+    """Parameter counts (model/flops.py, tokenizer vocabulary = data.vocab_size); raises if they differ by more
+    than `tolerance` (max / min - 1)."""
+    params = {r.name: sweep.shape_facts(r.config)["params"] for r in runs}
+    spread = max(params.values()) / min(params.values()) - 1
+    if spread > tolerance:
+        listing = ", ".join(f"{n} {p:,}" for n, p in params.items())
+        raise SweepError(f"parameter counts differ by {spread:.1%} > {tolerance:.0%} ({listing}): adjust the suite "
+                         f"or the --config overrides, or pass --param_tolerance={spread:.2f} to compare anyway")
+    return params
+
+
+def _request(suite_name: str, budget, evals: int, overrides: dict) -> dict:
+    request = {"suite": suite_name, "budget": {"kind": budget[0], "value": float(budget[1])}, "evals": evals,
+               "overrides": overrides}
+    return json.loads(json.dumps(request, default=str))  # as plan.json stores it
+
+
+def plan(workdir: str, suite_name: str, runs: list[Run], budget, evals: int, overrides: dict,
+         log=print) -> list[Run]:
+    """The runs with their steps; contenders planned earlier under the same request keep their plan."""
+    request = _request(suite_name, budget, evals, overrides)
+    old = sweep.read_plan(workdir) or {}
+    reuse = {r["name"]: r for r in old.get("runs", [])} if old.get("request") == request else {}
+    out, todo = [], []
+    for run in runs:
+        rec = reuse.get(run.name)
+        if rec and rec["config_file"] == run.config_file:
+            again = sweep.make_run(rec["config_file"], rec["overrides"], group=run.group, variant=run.variant,
+                                   hashed=False)
+            again.measured_step_s = rec.get("measured_step_s")
+            out.append(again)
+        else:
+            out.append(None)
+            todo.append(run)
+    fresh = iter(sweep.plan_budget(todo, budget[0], budget[1], evals, log=log))
+    return [r if r is not None else next(fresh) for r in out]
+
+
+def compare(workdir: str, suite_name: str = "default", contenders: list[str] | None = None,
+            budget: tuple[str, float] | None = None, evals: int = 0, overrides: dict | None = None,
+            param_tolerance: float | None = None, dry_run: bool = False, log=print) -> list[Run]:
+    """Plans, trains (unless dry_run) and reports a suite; returns the planned runs."""
+    suite = suites.load(suite_name)
+    overrides = overrides or {}
+    budget = budget or tuple(suite["budget"])
+    evals = evals or suite["evals"]
+    runs = suite_runs(suite, contenders, overrides)
+    params = check_params(runs, suite["param_tolerance"] if param_tolerance is None else param_tolerance)
+    runs = plan(workdir, suite_name, runs, budget, evals, overrides, log=log)
+    for r in runs:
+        f = sweep.shape_facts(r.config)
+        steps = r.config.train.steps
+        log(f"[compare] {r.name:>6}: {params[r.name]:,} params, {f['flops_per_step'] / 1e9:.2f} GFLOP and "
+            f"{f['tokens_per_step']:,} tokens per step, {steps} steps = {steps * f['flops_per_step']:.3e} FLOPs, "
+            f"{steps * f['tokens_per_step']:,} tokens")
+    if dry_run:
+        for r in runs:
+            print(r.command(workdir))
+        return runs
+    old = sweep.read_plan(workdir) or {}
+    request = _request(suite_name, budget, evals, overrides)
+    records = [r.record() for r in runs]
+    if old.get("request") == request:  # keep the plan of contenders left out this time (--contenders)
+        records += [r for r in old["runs"] if r["name"] not in {x.name for x in runs}]
+    sweep.write_plan(workdir, {"kind": "compare", "request": request, "suite": suite_name,
+                               "description": suite["description"],
+                               "budget": {"kind": budget[0], "value": float(budget[1])},
+                               "runs": records, "hardware": sweep.hardware_record(old)})
+    if not sweep.execute(runs, workdir, log=log):
+        return runs
+    from experiments import report
+
+    print(report.build(workdir))
+    return runs
+
+
+def main(argv: list[str]) -> None:
+    from absl import flags
+
+    from train import errors
+
+    fv = flags.FLAGS
+    with errors.one_line():
+        if len(argv) > 1:
+            raise SweepError(f"unexpected arguments {argv[1:]}")
+        if not fv.workdir:
+            raise SweepError("--workdir is required, e.g. --workdir=runs/compare")
+        names = [n.strip() for n in fv.contenders.split(",") if n.strip()] or None
+        compare(fv.workdir, fv.suite, names, sweep.budget_from_flags(fv), fv.evals, sweep.cli_overrides(fv),
+                fv.param_tolerance if fv.param_tolerance >= 0 else None, fv.dry_run)
+
+
+if __name__ == "__main__":
+    from absl import flags
+
+    from train import errors
+
+    flags.DEFINE_string("suite", "default", "Suite: a module of experiments/suites ('default') or a .py path.")
+    flags.DEFINE_string("contenders", "", "Comma-separated subset of the suite's contenders ('' = all).")
+    flags.DEFINE_float("param_tolerance", -1, "Allowed parameter-count spread (max/min - 1); -1 = the suite's.")
+    sweep.define_budget_flags(flags.FLAGS)
+    flags.FLAGS.set_default("evals", 0)
+    sys.exit(errors.run_app(main))

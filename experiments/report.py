@@ -1,0 +1,421 @@
+"""Run workdirs -> report.md, report.json and PNG plots; one row per contender (or sweep point, seeds aggregated).
+
+  python -m experiments.report runs/compare      # rebuild the report of a compare or a sweep from its workdirs
+
+Reads every `<workdir>/*/summary.json` (with config.json, metrics.jsonl and run.json beside it) and the plan.json
+compare/sweep wrote. Losses of different objectives measure different things, so the table names each row's
+objective and the plots give each objective its own panel.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import sys
+
+import numpy as np
+
+from experiments import hardware
+from experiments.sweep import FAILED_FILE, PLAN_FILE, RUN_FILE
+
+OBJECTIVES = {  # name -> (short name, what its loss is)
+    "causal_lm": ("causal LM", "next-token cross-entropy at every position, left context only"),
+    "prefix_lm": ("prefix LM", "next-token cross-entropy after a random bidirectional prefix"),
+    "mlm": ("masked LM", "cross-entropy of the 15% selected tokens, predicted from both sides"),
+    "span_corruption": ("span corruption", "cross-entropy of the decoder targets: dropped spans and sentinels"),
+}
+BPB_OBJECTIVES = ("causal_lm",)  # where nats per byte of predicted text are a compression rate of the text
+PLOTS = ("eval_loss_vs_flops.png", "eval_loss_vs_time.png", "throughput.png")
+
+
+def _si(x: float, unit: str = "") -> str:
+    for p, s in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= s:
+            return f"{x / s:.2f} {p}{unit}"
+    return f"{x:.0f} {unit}".strip()
+
+
+# (key, header, format of one value); probe columns are added per task.
+COLUMNS = [
+    ("group", "contender", str),
+    ("architecture", "architecture: variant", str),
+    ("objective", "objective", str),
+    ("params", "params", lambda x: f"{x:,.0f}"),
+    ("flops_per_token", "train FLOPs/token", lambda x: _si(x)),
+    ("tokens", "tokens seen", lambda x: _si(x)),
+    ("steps", "steps", lambda x: f"{x:.0f}"),
+    ("flops", "train FLOPs", lambda x: f"{x:.3e}"),
+    ("wall_s", "wall (s)", lambda x: f"{x:.0f}"),
+    ("compile_s", "compile (s)", lambda x: f"{x:.1f}"),
+    ("tokens_per_sec", "tokens/s", lambda x: f"{x:,.0f}"),
+    ("mfu", "MFU", lambda x: f"{100 * x:.1f}%" if x >= 0.01 else f"{100 * x:.2g}%"),
+    ("peak_memory_bytes", "peak memory", lambda x: f"{x / 2**20:.0f} MiB"),
+    ("train_loss", "final train loss", lambda x: f"{x:.3f}"),
+    ("eval_loss", "eval loss (own objective)", lambda x: f"{x:.3f}"),
+    ("eval_accuracy", "eval accuracy", lambda x: f"{100 * x:.1f}%"),
+    ("eval_bpb", "eval bits/byte", lambda x: f"{x:.3f}"),
+]
+_TEXT_KEYS = {"group", "architecture", "objective", "name", "arch", "n"}
+
+
+def _read(path: str):
+    with open(path) as f:
+        return json.load(f)
+
+
+def group_of(name: str) -> str:
+    """A sweep run's group: its name without '-seed=S-hash'."""
+    return re.sub(r"-seed=\d+-[0-9a-f]{6}$", "", name)
+
+
+def _metrics_rows(rundir: str, summary: dict) -> list[dict]:
+    path = os.path.join(rundir, "metrics.jsonl")
+    if os.path.exists(path):  # all rows, also from before a resume (summary.history has only the last part)
+        with open(path) as f:
+            return [json.loads(line) for line in f if line.strip()]
+    h = summary.get("history") or {}
+    return sorted(h.get("train", []) + h.get("eval", []), key=lambda r: r["step"])
+
+
+def curve(rows: list[dict], flops_per_step: float) -> dict[str, list[float]]:
+    """Eval loss against training FLOPs and training seconds (sum of measured step times; a window without a
+    timing, the compiling first one, counts at the median step time)."""
+    timed = [(r["step"], r.get("perf/step_time")) for r in rows if "train/loss" in r]
+    known = [t for _, t in timed if t]
+    median = float(np.median(known)) if known else 0.0
+    steps, seconds, prev, total = [0], [0.0], 0, 0.0
+    for step, t in timed:
+        if step <= prev:
+            continue
+        total += (step - prev) * (t or median)
+        steps.append(step)
+        seconds.append(total)
+        prev = step
+    evals = sorted({r["step"]: r["eval/loss"] for r in rows if "eval/loss" in r}.items())
+    return {"step": [s for s, _ in evals], "flops": [s * flops_per_step for s, _ in evals],
+            "seconds": [float(np.interp(s, steps, seconds)) for s, _ in evals], "loss": [v for _, v in evals]}
+
+
+def _peak(config: dict, plan_hw: dict | None) -> tuple[float | None, str]:
+    dev = config.get("devices") or {}
+    dtype = (config.get("model_config") or {}).get("dtype", "float32")
+    if plan_hw and plan_hw.get("device_kind") == dev.get("kind"):
+        return plan_hw["peak_flops"], plan_hw["peak_source"]
+    if dev.get("backend") not in (None, "cpu"):
+        try:
+            return hardware.table_peak(dev["kind"], dtype)
+        except hardware.UnknownDeviceError:
+            return None, f"unknown peak for {dev['kind']}"
+    import jax
+
+    if jax.default_backend() == "cpu":
+        peak, source = hardware.peak_flops(jax.devices()[0], dtype)
+        return peak, source + " (measured while building this report)"
+    return None, "CPU peak unknown (the report was built on another machine)"
+
+
+def describe_model(mc: dict) -> str:
+    """'decoder, 4 blocks, d 128, d_ff 512, rope, gelu' from a run's model config."""
+    if mc["arch"] == "t5":
+        blocks = f"{mc['n_layers']} enc + {mc['n_decoder_layers'] or mc['n_layers']} dec blocks"
+    else:
+        blocks = f"{'decoder' if mc['arch'] == 'gpt' else 'encoder'}, {mc['n_layers']} blocks"
+    return f"{blocks}, d {mc['d_model']}, d_ff {mc['d_ff']}, {mc['position']}, {mc['mlp']}"
+
+
+def run_row(name: str, summary: dict, config: dict, meta: dict, plan_hw: dict | None = None) -> dict:
+    """The numbers of one run (None where a run does not have them)."""
+    s = summary
+    steps, fps, tps = s["steps"], s["flops_per_step"], s["tokens_per_step"]
+    peak, source = _peak(config, plan_hw)
+    n_dev = (config.get("devices") or {}).get("count", 1)
+    st = s.get("step_time_s")
+    ev, tr = s.get("final_eval") or {}, s.get("final_train") or {}
+    mc = config.get("model_config")
+    row = {
+        "name": name, "group": meta.get("group") or group_of(name), "seed": meta.get("seed"), "arch": s["arch"],
+        "architecture": s["arch"] + (f": {describe_model(mc)}" if mc else ""),
+        "objective": OBJECTIVES.get(s["objective"], (s["objective"],))[0], "objective_id": s["objective"],
+        "params": s["params"], "flops_per_token": fps / tps, "tokens": steps * tps, "steps": steps,
+        "flops": steps * fps, "wall_s": s.get("wall_s"), "compile_s": s.get("compile_s"), "loop_s": s.get("loop_s"),
+        "train_seconds": steps * st if st else None, "tokens_per_sec": s.get("tokens_per_sec"),
+        "mfu": hardware.mfu(fps, st, peak, n_dev) if st and peak else None, "peak_source": source,
+        "peak_flops": peak, "n_devices": n_dev,
+        "peak_memory_bytes": s.get("peak_memory_bytes"), "train_loss": tr.get("train/loss"),
+        "eval_loss": ev.get("eval/loss"), "eval_accuracy": ev.get("eval/accuracy"),
+        "eval_bpb": ev.get("eval/bits_per_byte") if s["objective"] in BPB_OBJECTIVES else None,
+        "resumed": bool(s.get("start_step")), "stopped_by": s.get("stopped_by"),
+    }
+    for task, acc in (s.get("probes") or {}).items():
+        row[f"probe/{task}"] = acc
+    return row
+
+
+def load(workdir: str) -> tuple[list[dict], dict | None]:
+    """(one row per run with a summary.json, in plan order; with its eval curve), plan.json or None."""
+    plan = _read(os.path.join(workdir, PLAN_FILE)) if os.path.exists(os.path.join(workdir, PLAN_FILE)) else None
+    order = [r["name"] for r in (plan or {}).get("runs", [])]
+    names = [d for d in os.listdir(workdir) if os.path.isfile(os.path.join(workdir, d, "summary.json"))]
+    names.sort(key=lambda d: (order.index(d) if d in order else len(order), d))
+    rows = []
+    for name in names:
+        rundir = os.path.join(workdir, name)
+        summary = _read(os.path.join(rundir, "summary.json"))
+        config = _read(os.path.join(rundir, "config.json")) if os.path.exists(os.path.join(rundir, "config.json")) \
+            else {}
+        meta = _read(os.path.join(rundir, RUN_FILE)) if os.path.exists(os.path.join(rundir, RUN_FILE)) else {}
+        row = run_row(name, summary, config, meta, (plan or {}).get("hardware"))
+        row["curve"] = curve(_metrics_rows(rundir, summary), summary["flops_per_step"])
+        rows.append(row)
+    return rows, plan
+
+
+def aggregate(rows: list[dict]) -> list[dict]:
+    """One row per group: numbers as mean, plus `<key>_std` and `n` (seeds); groups in order of appearance."""
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(r["group"], []).append(r)
+    out = []
+    for g, rs in groups.items():
+        agg = {"group": g, "n": len(rs), "runs": [r["name"] for r in rs], "seeds": [r["seed"] for r in rs]}
+        for key in rs[0]:
+            if key in ("curve", "runs", "seeds", "name", "seed"):
+                continue
+            vals = [r.get(key) for r in rs]
+            if key in _TEXT_KEYS or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
+                agg.setdefault(key, vals[0])
+                continue
+            agg[key] = float(np.mean(vals))
+            agg[f"{key}_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+        agg["curves"] = [r["curve"] for r in rs]
+        out.append(agg)
+    return out
+
+
+def _cell(row: dict, key: str, fmt) -> str:
+    v = row.get(key)
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    text = fmt(v)
+    if row.get("n", 1) > 1 and key not in _TEXT_KEYS and row.get(f"{key}_std"):
+        text += " ± " + fmt(row[f"{key}_std"]).lstrip("+")
+    return text
+
+
+def columns(groups: list[dict]) -> list[tuple]:
+    """COLUMNS plus one 'probe: <task>' column per downstream task any row has."""
+    probes = sorted({k for g in groups for k in g if k.startswith("probe/") and not k.endswith("_std")})
+    seeds = [("n", "seeds", str)] if any(g.get("n", 1) > 1 for g in groups) else []
+    return COLUMNS[:1] + seeds + COLUMNS[1:] + [(k, f"probe: {k[6:]}", lambda x: f"{100 * x:.1f}%") for k in probes]
+
+
+def markdown_table(groups: list[dict]) -> str:
+    cols = columns(groups)
+    lines = ["| " + " | ".join(h for _, h, _ in cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(_cell(g, k, f) for k, _, f in cols) + " |" for g in groups]
+    return "\n".join(lines)
+
+
+def budget_line(plan: dict | None, groups: list[dict]) -> str:
+    """Which budget was matched and the values the runs realised."""
+    if not plan or not plan.get("budget"):
+        return "Budget: none recorded (runs as configured)."
+    kind, value = plan["budget"]["kind"], plan["budget"]["value"]
+    key, what, fmt = {"flops": ("flops", "training FLOPs (model FLOPs, model/flops.py)", "{:.4g}"),
+                      "tokens": ("tokens", "tokens seen (token positions)", "{:,.0f}"),
+                      "seconds": ("train_seconds", "seconds of training steps (steps x median step time; compile "
+                                  "and evaluation excluded)", "{:.1f}"),
+                      "steps": ("steps", "optimizer steps", "{:.0f}")}[kind]
+    got = [g.get(key) for g in groups if g.get(key) is not None]
+    text = f"Matched: **{what}**, budget {fmt.format(value)} per run"
+    if got:
+        dev = max(abs(v / value - 1) for v in got)
+        text += (f"; realised {fmt.format(min(got))} to {fmt.format(max(got))} "
+                 f"(largest deviation from the budget {dev:.1%})")
+    return text + "."
+
+
+def notes(groups: list[dict], plan: dict | None) -> list[str]:
+    objs = sorted({g["objective_id"] for g in groups})
+    out = ["**eval loss (own objective)** is the mean cross-entropy in nats per predicted token on the same "
+           "validation batches at every evaluation, each row on its own objective: "
+           + "; ".join(f"{OBJECTIVES.get(o, (o, o))[0]} = {OBJECTIVES.get(o, (o, o))[1]}" for o in objs)
+           + ". These are different tasks: compare losses only between rows with the same objective."]
+    out.append("**eval bits/byte** is given only for " + ", ".join(OBJECTIVES[o][0] for o in BPB_OBJECTIVES)
+               + ", where it is a compression rate of the validation text; masked-LM and span-corruption "
+               "losses cover only the selected tokens, so their bits per byte are not (shown as -).")
+    out.append("**tokens seen** counts token positions the model processes (L per example for GPT/BERT, encoder "
+               "S + decoder T for T5), also the unit of tokens/s. **train FLOPs** are model FLOPs of matmuls "
+               "(training = 3 x forward, causal attention over the full square; model/flops.py).")
+    src = sorted({(f"{_si(g['peak_flops'], 'FLOP/s')}, " if g.get("peak_flops") else "") + g["peak_source"]
+                  for g in groups if g.get("peak_source")})
+    out.append("**MFU** = train FLOPs per step / median step time / (peak FLOP/s x devices); peak: "
+               + "; ".join(src) + " (a CPU peak measured while other work shares the cores is low, and MFU "
+               "relative to it high). **wall** is the whole run (data, compile, evaluations, checkpoints) of its "
+               "last invocation; **peak memory** is the allocator's high-water mark on GPU/TPU and XLA's memory "
+               "analysis of the compiled step on CPU.")
+    if any(g.get("resumed") for g in groups):
+        out.append("Some runs were resumed: their wall and compile times cover the last invocation only.")
+    if any(g.get("n", 1) > 1 for g in groups):
+        out.append("Rows with several seeds show mean ± standard deviation over seeds.")
+    return out
+
+
+def _color(i: int):
+    import matplotlib.pyplot as plt
+
+    return plt.get_cmap("tab10")(i % 10)
+
+
+def plot_loss(groups: list[dict], x: str, path: str) -> None:
+    """Eval loss against `x` ('flops' or 'seconds'): one panel per objective, one line per group, shared x axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    objs = list(dict.fromkeys(g["objective_id"] for g in groups))
+    xs_all = [v for g in groups for c in g["curves"] for v in c[x] if v > 0] or [1.0]
+    scale, log = 1.0, False
+    if x == "flops":
+        unit, scale = next(((u, f) for u, f in (("PFLOP", 1e15), ("TFLOP", 1e12), ("GFLOP", 1e9), ("MFLOP", 1e6))
+                            if max(xs_all) >= f), ("FLOP", 1.0))
+        log = max(xs_all) / min(xs_all) > 30  # a ladder of sizes spans decades; one budget does not
+        xlabel = f"training compute ({unit}, model FLOPs)"
+    else:
+        xlabel = "training time (s: measured steps, no compile or eval)"
+    fig, axes = plt.subplots(1, len(objs), figsize=(5.2 * len(objs), 4.4), squeeze=False, sharex=True)
+    styles = [("o", "-"), ("s", "--"), ("^", "-."), ("D", ":"), ("v", "-"), ("P", "--")]
+    for ax, obj in zip(axes[0], objs, strict=True):
+        k = 0  # lines in this panel: marker and dash pattern tell apart lines that overlap
+        for i, g in enumerate(groups):
+            if g["objective_id"] != obj or not g["curves"] or not g["curves"][0]["loss"]:
+                continue
+            marker, dash = styles[k % len(styles)]
+            k += 1
+            n = min(len(c["loss"]) for c in g["curves"])
+            xs = np.mean([c[x][:n] for c in g["curves"]], axis=0) / scale
+            ys = np.array([c["loss"][:n] for c in g["curves"]])
+            label = g["group"] + (f" (mean of {g['n']} seeds, band: min-max)" if g["n"] > 1 else "")
+            ax.plot(xs, ys.mean(0), marker=marker, ls=dash, color=_color(i), label=label, lw=2, ms=5)
+            if g["n"] > 1:
+                ax.fill_between(xs, ys.min(0), ys.max(0), color=_color(i), alpha=0.12, lw=0)
+        short, meaning = OBJECTIVES.get(obj, (obj, ""))
+        ax.set_title(f"{short}\n({meaning})", fontsize=9)
+        ax.set_ylabel(f"eval loss, {short} (nats / predicted token)")
+        if log:
+            ax.set_xscale("log")
+        else:  # all panels share one axis from 0 to the largest x of any panel
+            ax.set_xlim(0, 1.04 * max(xs_all) / scale)
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    what = "training compute" if x == "flops" else "training time"
+    fig.suptitle(f"Eval loss vs {what} (lower is better). One panel per objective: losses of different "
+                 "objectives are different quantities", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_throughput(groups: list[dict], path: str) -> None:
+    """Horizontal bars: tokens/s and MFU per group."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{g['group']} ({g['objective']})" for g in groups]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 1.2 + 0.45 * len(groups)), squeeze=False)
+    peaks = {(g.get("peak_flops"), g.get("n_devices")) for g in groups}
+    peak, n_dev = next(iter(peaks)) if len(peaks) == 1 else (None, None)
+    of = f"{_si(peak, 'FLOP/s')} x {int(n_dev)} device{'s' if n_dev > 1 else ''}" if peak else "peak"
+    panels = [("tokens_per_sec", "tokens/s (token positions: L, or S + T for T5)", lambda v: f"{v:,.0f}", 1.0),
+              ("mfu", f"MFU (% of {of}; model FLOPs)", lambda v: f"{v:.1f}%", 100.0)]
+    y = np.arange(len(groups))
+    for ax, (key, xlabel, fmt, scale) in zip(axes[0], panels, strict=True):
+        vals = [(g.get(key) or 0.0) * scale for g in groups]
+        errs = [(g.get(f"{key}_std") or 0.0) * scale for g in groups]
+        ax.barh(y, vals, xerr=errs if any(errs) else None, color=[_color(i) for i in range(len(groups))],
+                error_kw={"capsize": 3})
+        for yi, v, e in zip(y, vals, errs, strict=True):
+            ax.text(v + e, yi, " " + fmt(v), va="center", fontsize=8)
+        ax.set_yticks(y, labels if key == "tokens_per_sec" else [""] * len(groups))
+        ax.invert_yaxis()
+        ax.set_xlabel(xlabel)
+        ax.set_xlim(0, max([v + e for v, e in zip(vals, errs, strict=True)] + [1e-9]) * 1.3)
+        ax.grid(alpha=0.3, axis="x")
+    seeds = " Bars: mean over seeds, whiskers: standard deviation." if any(g["n"] > 1 for g in groups) else ""
+    fig.suptitle(f"Training throughput (median step time, compile excluded).{seeds}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _clean(x):
+    """NaN and infinities -> None, so report.json is valid JSON."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    return x
+
+
+def failures(workdir: str) -> list[dict]:
+    """The failed.json of runs that diverged."""
+    out = []
+    for d in sorted(os.listdir(workdir)):
+        path = os.path.join(workdir, d, FAILED_FILE)
+        if os.path.isfile(path) and not os.path.exists(os.path.join(workdir, d, "summary.json")):
+            out.append(_read(path))
+    return out
+
+
+def build(workdir: str) -> str:
+    """Writes report.md, report.json and the plots into `workdir`; returns the markdown table with its header."""
+    rows, plan = load(workdir)
+    if not rows:
+        raise FileNotFoundError(f"{workdir}: no run with a summary.json in its subdirectories")
+    groups = aggregate(rows)
+    head = [f"# Triad {(plan or {}).get('kind', 'runs')}: {workdir}", ""]
+    if plan and plan.get("description"):
+        head += [plan["description"], ""]
+    head += [budget_line(plan, groups), ""]
+    table = markdown_table(groups)
+    failed = failures(workdir)
+    body = head + [table, ""] + [f"- {n}" for n in notes(groups, plan)] + [""]
+    if failed:
+        body += ["Runs that diverged (not in the table):", ""]
+        body += [f"- {f['name']}: {f['error']}" for f in failed] + [""]
+    body += [f"![{p[:-4]}]({p})" for p in PLOTS]
+    with open(os.path.join(workdir, "report.md"), "w") as f:
+        f.write("\n".join(body) + "\n")
+    plot_loss(groups, "flops", os.path.join(workdir, PLOTS[0]))
+    plot_loss(groups, "seconds", os.path.join(workdir, PLOTS[1]))
+    plot_throughput(groups, os.path.join(workdir, PLOTS[2]))
+    record = {"workdir": workdir, "kind": (plan or {}).get("kind"), "budget": (plan or {}).get("budget"),
+              "hardware": (plan or {}).get("hardware"), "columns": [[k, h] for k, h, _ in columns(groups)],
+              "rows": [{k: v for k, v in g.items() if k != "curves"} for g in groups],
+              "runs": rows, "failed": failed, "plots": list(PLOTS)}
+    with open(os.path.join(workdir, "report.json"), "w") as f:
+        json.dump(_clean(record), f, indent=2, default=str)
+    return "\n".join(head[2:] + [table])
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) != 2:
+        sys.stderr.write("usage: python -m experiments.report <workdir of a compare or sweep>\n")
+        sys.exit(2)
+    try:
+        print(build(argv[1]))
+    except FileNotFoundError as e:
+        sys.stderr.write(f"error: {e}\n")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main(sys.argv)

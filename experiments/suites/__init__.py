@@ -1,0 +1,39 @@
+"""Suites of contenders for experiments/compare.py: one module per suite with `get_suite()`.
+
+get_suite() returns a dict:
+  description      one paragraph for the report
+  contenders       {name: dict(config='experiments/configs/gpt.py:tiny', overrides={path: value})}
+  budget           (kind, value) trained by default: kind 'flops', 'tokens', 'seconds' or 'steps'
+  param_tolerance  largest allowed max/min - 1 of the contenders' parameter counts (compare refuses more)
+  evals            evaluations per contender, evenly spaced in its steps
+"""
+
+import importlib
+import importlib.util
+import os
+
+from experiments.sweep import ROOT, SweepError
+
+KEYS = ("description", "contenders", "budget", "param_tolerance", "evals")
+
+
+def load(name: str) -> dict:
+    """The suite `name` (a module of this package, 'default') or a path to a suite file."""
+    if name.endswith(".py"):
+        path = name if os.path.exists(name) else os.path.join(ROOT, name)
+        if not os.path.exists(path):
+            raise SweepError(f"--suite={name}: file not found")
+        spec = importlib.util.spec_from_file_location("_triad_suite", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(f"experiments.suites.{name}")
+        except ModuleNotFoundError:
+            here = os.path.dirname(__file__)
+            names = sorted(f[:-3] for f in os.listdir(here) if f.endswith(".py") and not f.startswith("_"))
+            raise SweepError(f"--suite={name}: no such suite; choose one of {names} or a path to a .py file") from None
+    suite = module.get_suite()
+    if sorted(suite) != sorted(KEYS):
+        raise SweepError(f"suite {name}: get_suite() must return exactly {KEYS}; got {sorted(suite)}")
+    return suite
