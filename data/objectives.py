@@ -59,12 +59,15 @@ def mlm(
     mask_rate: float,
     mask_token_frac: float,
     random_token_frac: float,
+    word_start: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """BERT masking of [CLS] + window + [SEP] (length L = W + 2).
 
     Exactly max(1, round_half_up(mask_rate * n)) of each row's n non-special tokens are selected (uniformly at
     random); each selected token independently becomes [MASK] with probability mask_token_frac, a random non-special
     token with probability random_token_frac, else stays. Specials (cls, sep, eos, pad, ...) are never selected.
+    Whole-word masking (word_start (V,) bool from `word_starts`): whole words are selected in random order, skipping
+    a word that would overshoot, until the selected pieces reach that count; a word's pieces share one 80/10/10 draw.
     """
     B, W = windows.shape
     L = W + 2
@@ -76,12 +79,17 @@ def mlm(
     candidate = ~tok.is_special[targets]
     n = candidate.sum(1)
     k = np.where(n > 0, np.maximum(1, np.floor(mask_rate * n + 0.5)), 0).astype(np.int64)
-    order = np.argsort(np.where(candidate, u[:, 0], np.inf), axis=1, kind="stable")
-    rank = np.empty_like(order)
-    np.put_along_axis(rank, order, np.broadcast_to(np.arange(L), (B, L)), axis=1)
-    selected = rank < k[:, None]
-    to_mask = selected & (u[:, 1] < mask_token_frac)
-    to_random = selected & ~to_mask & (u[:, 1] < mask_token_frac + random_token_frac)
+    if word_start is not None:
+        selected, word = _select_words(targets, candidate, word_start, u[:, 0], k)
+        u_rule = np.take_along_axis(u[:, 1], word, axis=1)  # Every piece of a word shares its word's draw.
+    else:
+        order = np.argsort(np.where(candidate, u[:, 0], np.inf), axis=1, kind="stable")
+        rank = np.empty_like(order)
+        np.put_along_axis(rank, order, np.broadcast_to(np.arange(L), (B, L)), axis=1)
+        selected = rank < k[:, None]
+        u_rule = u[:, 1]
+    to_mask = selected & (u_rule < mask_token_frac)
+    to_random = selected & ~to_mask & (u_rule < mask_token_frac + random_token_frac)
     normal = tok.normal_ids
     random_ids = normal[np.minimum((u[:, 2] * len(normal)).astype(np.int64), len(normal) - 1)]
     inputs = np.where(to_mask, tok.mask_id, np.where(to_random, random_ids, targets)).astype(np.int32)
@@ -91,6 +99,39 @@ def mlm(
         "weights": selected.astype(np.float32),
         "target_bytes": tok.token_bytes[targets],
     }
+
+
+def word_starts(tok) -> np.ndarray:
+    """(V,) bool: the piece begins a word (SentencePiece's '\u2581' marker, or a space byte)."""
+    pieces = [tok.id_to_piece(i) for i in range(tok.vocab_size)]
+    return np.array([p.startswith("\u2581") or p == "<0x20>" for p in pieces]) & ~tok.is_special
+
+
+def _select_words(targets, candidate, word_start, u, k):
+    """(selected (B, L) bool, word (B, L) int: the position of each piece's word start) for whole-word masking.
+
+    A word starts at a word-start piece or after a special token (document starts have no marker: the tokenizer
+    adds no dummy prefix). Words are taken in the order of u at their start, skipping any that would make the
+    row's selected pieces exceed k (but at least one word is taken).
+    """
+    B, L = targets.shape
+    prev_special = np.concatenate([np.ones((B, 1), bool), ~candidate[:, :-1]], axis=1)
+    start = candidate & (word_start[targets] | prev_special)
+    pos = np.broadcast_to(np.arange(L), (B, L))
+    word = np.maximum.accumulate(np.where(start, pos, 0), axis=1)  # position of the word start of each piece
+    selected = np.zeros((B, L), bool)
+    for b in range(B):
+        starts = np.flatnonzero(start[b])
+        sizes = np.bincount(word[b][candidate[b]], minlength=L)[starts]
+        chosen, total = [], 0
+        for i in np.argsort(u[b, starts], kind="stable"):
+            if total + sizes[i] <= k[b] or not chosen:
+                chosen.append(starts[i])
+                total += sizes[i]
+            if total >= k[b]:
+                break
+        selected[b] = candidate[b] & np.isin(word[b], chosen)
+    return selected, word
 
 
 def _span_counts(length: int, noise_density: float, mean_span_length: float) -> tuple[int, int]:
@@ -259,7 +300,7 @@ def build(config, tok) -> Objective:
                 f"objective.mask_token_frac + objective.random_token_frac = "
                 f"{obj.mask_token_frac + obj.random_token_frac} must be at most 1"
             )
-        args = (obj.mask_rate, obj.mask_token_frac, obj.random_token_frac)
+        args = (obj.mask_rate, obj.mask_token_frac, obj.random_token_frac, word_starts(tok) if obj.whole_word else None)
         return Objective(name, L - 2, lambda w, rngs: mlm(w, rngs, tok, *args), lm_shapes)
 
     nd, msl = obj.noise_density, obj.mean_span_length

@@ -64,6 +64,7 @@ class ModelConfig:
     output_bias: bool = False  # Bias on the output projection.
     dtype: str = "float32"  # Compute dtype: 'float32', 'bfloat16' or 'auto' (bfloat16 on accelerators).
     param_dtype: str = "float32"  # Storage dtype of parameters: 'float32' or 'bfloat16'.
+    attention_window: int = 0  # Self-attention sees only keys within this many positions (0 = full attention).
     attention_impl: str = "xla"  # 'xla' (einsum attention) or 'cudnn' (fused; falls back to xla off GPU).
     remat: str = "none"  # Rematerialise each block in the backward pass: 'none', 'full' or 'dots'.
     scan_layers: bool = False  # Run the blocks of a stack with nn.scan (params stacked on a 'layers' axis).
@@ -147,6 +148,8 @@ def _validate(c: ModelConfig) -> None:
     for name in ("n_kv_heads", "head_dim", "n_decoder_layers", "type_vocab_size"):
         if getattr(c, name) < 0:
             _fail(f"model.{name}={getattr(c, name)} must be >= 0 (0 = derive it)")
+    if c.attention_window < 0:
+        _fail(f"model.attention_window={c.attention_window} must be >= 0 (0 = full attention)")
     if c.n_heads % c.kv_heads:
         _fail(f"model.n_kv_heads={c.n_kv_heads} does not divide model.n_heads={c.n_heads}: "
               f"choose a divisor of n_heads (1 = multi-query) or 0 for n_heads")

@@ -10,7 +10,8 @@ FLOP conventions (`flops_per_example`, `flops_per_token`, `training_flops_per_st
 - Dense: query H*Dh and key/value K*Dh projections (GQA), output projection, MLP (gated kinds: three matrices),
   BERT's MLM transform, cross-attention: queries from the T decoder tokens, keys/values from the S encoder tokens.
 - Attention: scores q.k and the weighted sum p.v, 2 * 2 * Lq * Lk * H * Dh per layer per sequence. Causal
-  attention is counted over the FULL Lq x Lk square, as XLA computes it (the mask only hides scores);
+  attention is counted over the FULL Lq x Lk square, as XLA computes it (the mask only hides scores; this also
+  holds with model.attention_window, which is a mask, so the counts ignore it);
   `attention_causal` / `forward_causal` count only the (q, k <= q) pairs, L*(L+1)/2, the "useful" work.
 - Head: the vocabulary projection 2*D*V at every position the model applies it to (all L positions for gpt/bert,
   all T decoder positions for t5), whatever the loss weights.

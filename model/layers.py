@@ -118,11 +118,12 @@ class Mlp(nn.Module):
 
 
 def dot_product_attention(q_BxLxHxDh, k_BxSxKxDh, v_BxSxKxDh, mask, bias, *, scale: float,
-                          dropout=None) -> jax.Array:
+                          dropout=None, record=None) -> jax.Array:
     """softmax(q.k * scale + bias, masked) . v with K kv heads shared by H // K query heads each.
 
     mask: bool broadcastable to (B, 1, L, S), True = attend; bias: float broadcastable to (B, H, L, S);
-    dropout: optional callable applied to the float32 probabilities.
+    dropout: optional callable applied to the float32 probabilities; record: optional callable given the float32
+    (B, H, L, S) probabilities before dropout (attention maps).
     """
     B, L, H, Dh = q_BxLxHxDh.shape
     S, K = k_BxSxKxDh.shape[1], k_BxSxKxDh.shape[2]
@@ -135,6 +136,8 @@ def dot_product_attention(q_BxLxHxDh, k_BxSxKxDh, v_BxSxKxDh, mask, bias, *, sca
     if mask is not None:
         s_BxHxLxS = jnp.where(mask, s_BxHxLxS, jnp.finfo(jnp.float32).min)
     p_BxHxLxS = jax.nn.softmax(s_BxHxLxS, axis=-1)
+    if record is not None:
+        record(p_BxHxLxS)
     if dropout is not None:
         p_BxHxLxS = dropout(p_BxHxLxS)
     p_BxKxGxLxS = p_BxHxLxS.astype(v_BxSxKxDh.dtype).reshape(B, K, G, L, S)
@@ -146,7 +149,8 @@ class Attention(nn.Module):
     """Multi-head attention of q_inputs over kv_inputs: self- (kv_inputs is q_inputs) or cross-attention.
 
     Self-attention applies rope at `positions` and, with decode=True, keeps a KV cache in the 'cache'
-    collection ('cached_key', 'cached_value', 'cache_index'); the mask then covers the whole cache.
+    collection ('cached_key', 'cached_value', 'cache_index'); the mask then covers the whole cache. Applied with
+    mutable=['intermediates'], it sows its (B, H, L, S) attention probabilities as 'attention_weights'.
     """
 
     cfg: ModelConfig
@@ -197,6 +201,9 @@ class Attention(nn.Module):
         return ck.value, cv.value
 
     def _attend(self, q, k, v, mask, bias, scale, dropout):
+        if self.is_mutable_collection("intermediates"):  # Attention maps asked for: sow the xla probabilities.
+            record = lambda p_BxHxLxS: self.sow("intermediates", "attention_weights", p_BxHxLxS)
+            return dot_product_attention(q, k, v, mask, bias, scale=scale, dropout=dropout, record=record)
         if self.cfg.attention_impl == "cudnn":
             why = None
             if jax.default_backend() != "gpu":

@@ -41,6 +41,15 @@ def prefix(prefix_len: jax.Array, q_positions: int | jax.Array, k_positions: int
     return causal(q, k) | in_prefix  # A query >= prefix_len already sees the whole prefix causally.
 
 
+def window(q_positions: int | jax.Array, k_positions: int | jax.Array | None, n: int,
+           causal: bool = True) -> jax.Array:
+    """(B|1, 1, Lq, Lk) local attention: causal keeps keys in (q - n, q]; bidirectional keeps |q - k| < n."""
+    q = _pos(q_positions)
+    k = q if k_positions is None else _pos(k_positions)
+    d = q[:, None, :, None] - k[:, None, None, :]
+    return ((d >= 0) & (d < n)) if causal else (jnp.abs(d) < n)
+
+
 def combine(*masks: jax.Array | None) -> jax.Array | None:
     """Logical AND of the given masks (None entries ignored); None if there are none."""
     masks = [m for m in masks if m is not None]

@@ -91,6 +91,8 @@ class Stack(nn.Module):
             mask = masks.causal(q_pos, k_pos) if prefix_len is None else masks.prefix(prefix_len, q_pos, k_pos)
         if key_valid is not None:
             mask = masks.combine(mask, masks.padding(key_valid, L))
+        if cfg.attention_window:  # Local attention; cross-attention is unaffected.
+            mask = masks.combine(mask, masks.window(q_pos, k_pos, cfg.attention_window, causal=self.causal))
         bias = None
         if cfg.position == "alibi":
             bias = pos.alibi_bias(cfg.n_heads, q_pos, k_pos)
@@ -105,7 +107,7 @@ class Stack(nn.Module):
             block = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
         args = (mask, bias, q_pos, encoded, cross_mask)
         if cfg.scan_layers:
-            scanned = nn.scan(block, variable_axes={"params": 0, "cache": 0},
+            scanned = nn.scan(block, variable_axes={"params": 0, "cache": 0, "intermediates": 0},
                               split_rngs={"params": True, "dropout": True}, in_axes=(nn.broadcast,) * len(args),
                               length=self.n_layers, metadata_params={nn.PARTITION_NAME: "layers"})
             x_BxLxD, _ = scanned(cfg, self.cross, train, decode, name="layers")(x_BxLxD, *args)

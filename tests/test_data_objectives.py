@@ -149,6 +149,7 @@ def test_rows_depend_only_on_their_own_rng(name):
                 mask_rate=0.15,
                 mask_token_frac=0.8,
                 random_token_frac=0.1,
+                whole_word=False,
                 noise_density=0.15,
                 mean_span_length=3.0,
             ),

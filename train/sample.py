@@ -5,6 +5,9 @@
   python -m train.sample --workdir=runs/t5 --prompt="In the <extra_id_0> God created the heaven"
   python -m train.sample --workdir=runs/bert --text="the [MASK] of the lord" --top_k=5
   python -m train.sample --workdir=runs/gpt2-hf --ids=15496,995      # a workdir without a tokenizer
+  python -m train.sample --workdir=runs/gpt --neighbours=king          # or --analogy=man:king::woman
+  python -m train.sample --workdir=runs/gpt --text="And God said" --attention_png=att.png   # (train/introspect.py)
+  (--quantize=int8 runs any of these with int8-quantized weights)
 
 Text is encoded as in training: a gpt prompt starts with eos (documents follow an eos in the training stream),
 a t5 prompt ends with eos, a bert text is wrapped in [CLS] ... [SEP]; the space before a [MASK] or a sentinel
@@ -36,6 +39,10 @@ flags.DEFINE_float("top_p", 1.0, "Nucleus sampling: the smallest set of tokens w
 flags.DEFINE_integer("seed", 0, "Seed of the sampling randomness.")
 flags.DEFINE_bool("no_cache", False, "Recompute the whole sequence every step instead of using the KV cache.")
 flags.DEFINE_integer("num_samples", 1, "Samples per prompt (needs --temperature > 0).")
+flags.DEFINE_string("neighbours", None, "Print the nearest tokens to this word by input-embedding cosine.")
+flags.DEFINE_string("analogy", None, "Print the answers of a:b::c (b - a + c), e.g. man:king::woman.")
+flags.DEFINE_string("attention_png", None, "With --text: write its attention maps (layers x heads) to this PNG.")
+flags.DEFINE_enum("quantize", "none", ["none", "int8"], "Run with int8-quantized weights (model/quantize.py).")
 FLAGS = flags.FLAGS
 
 _SPECIAL = re.compile(r"(\[MASK\]|<extra_id_\d\d?>)")
@@ -47,6 +54,29 @@ def _fail(msg: str):
 
 
 # ---- Loading a workdir. ----
+
+def _with_current_defaults(saved: dict, arch: str) -> ml_collections.ConfigDict:  # noqa: F821
+    """The saved experiment config on top of today's defaults, so that a workdir written before a config field
+    was added still loads (the new field takes its default, which keeps the old behaviour)."""
+    import ml_collections
+
+    from experiments.configs import base
+
+    config = base.base_config(arch, "tiny") if arch in base.OBJECTIVES else ml_collections.ConfigDict()
+
+    def merge(node, values):
+        for key, value in values.items():
+            if isinstance(value, dict) and key in node and isinstance(node[key], ml_collections.ConfigDict):
+                merge(node[key], value)
+            elif isinstance(value, dict):
+                node[key] = ml_collections.ConfigDict(value)
+            else:
+                with node.ignore_type():
+                    node[key] = value
+
+    merge(config, saved)
+    return config
+
 
 def load_workdir(workdir: str):
     """(config, model_cfg, model, params, tokenizer) of a workdir written by train.main or model.hf_import.
@@ -67,14 +97,13 @@ def load_workdir(workdir: str):
     import flax.linen as nn  # Imported here so that a wrong --workdir fails fast.
     import jax
     import jax.numpy as jnp
-    import ml_collections
 
     import model as model_lib
     from train import checkpoint
 
     if "model_config" not in record:
         _fail(f"{path} has no 'model_config': it was not written by train.main or model.hf_import")
-    config = ml_collections.ConfigDict(record.get("config", {}))
+    config = _with_current_defaults(record.get("config", {}), record["model_config"].get("arch", "gpt"))
     model_cfg = model_lib.from_dict(record["model_config"])
     model = model_lib.build(model_cfg)
     ckpt_dir = os.path.join(workdir, "checkpoints")
@@ -352,12 +381,29 @@ def _fill_mask(opts: dict, cfg, model, params, tok, out) -> None:
 def sample(workdir: str, out=print, **opts) -> None:
     """What `python -m train.sample` does, callable in-process; opts are the flags (see the flag definitions)."""
     defaults = dict(prompt=None, prompts_file=None, ids=None, text=None, max_new_tokens=50, temperature=0.0,
-                    top_k=0, top_p=1.0, seed=0, no_cache=False, num_samples=1)
+                    top_k=0, top_p=1.0, seed=0, no_cache=False, num_samples=1, quantize="none", neighbours=None,
+                    analogy=None, attention_png=None)
     unknown = set(opts) - set(defaults)
     if unknown:
         raise TypeError(f"unknown options {sorted(unknown)}")
     opts = {**defaults, **opts, "workdir": workdir}
     _, cfg, model, params, tok = load_workdir(workdir)
+    if opts["quantize"] == "int8":  # Simulated: int8 weights, dequantized for float compute.
+        from model import quantize
+
+        params = quantize.quantize_dequantize(params)
+    elif opts["quantize"] != "none":
+        _fail(f"--quantize={opts['quantize']!r} is unknown: choose 'none' or 'int8'")
+    if opts["neighbours"] or opts["analogy"] or opts["attention_png"]:
+        from train import introspect
+
+        if opts["neighbours"] or opts["analogy"]:
+            introspect.embedding_probes(tok, params, out, opts["neighbours"], opts["analogy"], opts["top_k"] or 10)
+        if opts["attention_png"]:
+            if not opts["text"]:
+                _fail("--attention_png needs --text='...' (the text whose attention to draw)")
+            introspect.attention_png(opts["attention_png"], opts["text"], cfg, model, params, tok, out)
+        return
     if cfg.arch == "bert":
         for name in ("prompt", "ids"):
             if opts[name] is not None:
@@ -380,7 +426,9 @@ def main(argv):
     with errors.one_line():
         sample(FLAGS.workdir, prompt=FLAGS.prompt, prompts_file=FLAGS.prompts_file, ids=FLAGS.ids, text=FLAGS.text,
                max_new_tokens=FLAGS.max_new_tokens, temperature=FLAGS.temperature, top_k=FLAGS.top_k,
-               top_p=FLAGS.top_p, seed=FLAGS.seed, no_cache=FLAGS.no_cache, num_samples=FLAGS.num_samples)
+               top_p=FLAGS.top_p, seed=FLAGS.seed, no_cache=FLAGS.no_cache, num_samples=FLAGS.num_samples,
+               quantize=FLAGS.quantize, neighbours=FLAGS.neighbours, analogy=FLAGS.analogy,
+               attention_png=FLAGS.attention_png)
 
 
 if __name__ == "__main__":

@@ -68,6 +68,7 @@ def base_config(arch: str, size: str = "tiny") -> ml_collections.ConfigDict:
     c.objective.mask_rate = 0.15  # mlm: fraction of tokens selected for prediction.
     c.objective.mask_token_frac = 0.8  # mlm: of the selected, fraction replaced by [MASK].
     c.objective.random_token_frac = 0.1  # mlm: of the selected, fraction replaced by a random token.
+    c.objective.whole_word = False  # mlm: select whole words (all their pieces, one 80/10/10 draw per word).
     c.objective.noise_density = 0.15  # span_corruption: fraction of tokens inside noise spans.
     c.objective.mean_span_length = 3.0  # span_corruption: mean length of a noise span.
     c.objective.label_smoothing = 0.0  # Cross-entropy label smoothing.

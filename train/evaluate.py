@@ -1,0 +1,84 @@
+"""Evaluates a workdir's newest checkpoint on its validation data, optionally with int8 weights.
+
+  python -m train.evaluate --workdir=runs/gpt                              # float, train.eval_steps batches
+  python -m train.evaluate --workdir=runs/gpt --quantize=int8 --eval_steps=20
+
+--quantize=int8 reports the float and the int8 results side by side and the weight memory of each. The int8 model
+is simulated: every matrix is quantized (model/quantize.py) and dequantized before the float forward pass, so the
+numbers measure the weight error and the storage saved, not int8 compute speed.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+
+from absl import flags
+
+from train import errors, sample  # sample defines --workdir and --quantize, shared with train.sample.
+
+flags.DEFINE_integer("eval_steps", 0, "Validation batches (0 = the workdir's train.eval_steps).")
+FLAGS = flags.FLAGS
+
+
+def evaluate_workdir(workdir: str, quantize: str = "none", eval_steps: int = 0) -> dict[str, float]:
+    """{'float/loss', 'float/bits_per_byte', ... [, 'int8/...', 'weight_bytes/float', 'weight_bytes/int8']}."""
+    import jax
+
+    from model import quantize as quant
+    from train import loop, parallel
+
+    if quantize not in ("none", "int8"):
+        raise errors.UserError(f"--quantize={quantize!r} is unknown: choose 'none' or 'int8'")
+    config, _, _, params, _ = sample.load_workdir(workdir)
+    if "train" not in config or "data" not in config:
+        raise errors.UserError(f"--workdir={workdir} records no training data config (an imported model?): "
+                               "train.evaluate needs a workdir written by train.main")
+    steps = eval_steps or config.train.eval_steps
+    if steps < 1:
+        raise errors.UserError(f"--eval_steps={eval_steps} must be >= 1")
+    data, _, _, runner = loop.build(config)
+
+    def run(p) -> dict[str, float]:
+        placed = runner.replicate(p) if isinstance(runner, parallel.PmapRunner) else runner.shard_params(p)
+        state = types.SimpleNamespace(params=placed)  # runner.evaluate reads only state.params.
+        return loop.evaluate(runner, state, data, steps)
+
+    out = {k.replace("eval/", "float/"): v for k, v in run(params).items()}
+    if quantize == "int8":
+        q_params = jax.tree.map(jax.numpy.asarray, quant.quantize_dequantize(params))
+        out.update({k.replace("eval/", "int8/"): v for k, v in run(q_params).items()})
+        out["weight_bytes/float"], out["weight_bytes/int8"] = map(float, quant.weight_bytes(params))
+    return out
+
+
+def report(results: dict[str, float]) -> list[str]:
+    """Lines comparing the float and (if present) int8 results."""
+    kinds = [k for k in ("float", "int8") if f"{k}/loss" in results]
+    lines = []
+    for metric in ("loss", "accuracy", "perplexity", "bits_per_byte"):
+        if f"float/{metric}" in results:
+            lines.append(f"{metric:>14}: " + "  ".join(f"{k} {results[f'{k}/{metric}']:.4f}" for k in kinds))
+    if "int8/loss" in results:
+        f, q = results["weight_bytes/float"], results["weight_bytes/int8"]
+        rel = 100 * (results["int8/loss"] - results["float/loss"]) / results["float/loss"]
+        lines.append(f"  int8 loss change: {rel:+.2f}%")
+        lines.append(f"  weight memory: float {f / 2**20:.2f} MiB, int8 + scales {q / 2**20:.2f} MiB "
+                     f"({100 * (1 - q / f):.1f}% saved; compute here is float: weights are dequantized)")
+    return lines
+
+
+def main(argv):
+    from absl import app, logging
+
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)
+    with errors.one_line():
+        for line in report(evaluate_workdir(FLAGS.workdir, FLAGS.quantize, FLAGS.eval_steps)):
+            print(line)
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["workdir"])
+    sys.exit(errors.run_app(main))
