@@ -142,6 +142,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains `config` in `workdir` (resuming from its newest checkpoint) and returns the final summary."""
     t_start = time.perf_counter()
     metrics_lib.quiet_libraries()
+    parallel.enable_compile_cache()
     data, mcfg, model, runner = build(config)
     tc = config.train
     lead = jax.process_index() == 0
