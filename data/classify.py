@@ -9,8 +9,9 @@ F1 is reported for) is the larger label: 1, 'true', 'pos'.
 Encoding per architecture (truncated to data.seq_len; a pair keeps the end of a and the start of b, the tokens
 nearest their boundary, taking from the longer side first):
   bert  [CLS] a [SEP] b [SEP]     token_types 0 up to the first [SEP], 1 after; the [CLS] state is pooled
-  gpt   a [SEP] b </s>            lengths = real tokens; the state of the last one (always </s>) is pooled
-  t5    a [SEP] b </s> (encoder)  decoder_inputs = the start token 0; the first decoder state is pooled
+  gpt   a [SEP] b                 lengths = real tokens; the state of the last one is pooled
+  t5    a [SEP] b </s> (encoder)  the encoder output is mean-pooled; decoder_inputs (B, 1) = the start token is
+                                  carried only so the loop's FLOP count sees an encoder-decoder batch
 A batch holds the model inputs plus `targets` (B, 1) int32 label ids and `weights` (B, 1) float32, so the one train
 step and `losses.cross_entropy` need no change. Train batch `step` is a pure function of (seed, step): example
 step * B + g of an endless sequence of shuffled epochs. Validation batch i holds examples i * B .. i * B + B - 1;
@@ -146,7 +147,7 @@ def encode(examples: list[Example], tok, arch: str, seq_len: int) -> tuple[dict[
     truncated = 0
     for j, a in enumerate(enc_a):
         b = enc_b.get(j)
-        specials = (2 if b is None else 3) if arch == "bert" else (1 if b is None else 2)
+        specials = {"bert": 2, "gpt": 0, "t5": 1}[arch] + (b is not None)
         budget = L - specials
         if b is None:
             ka, kb = min(len(a), budget), 0
@@ -162,7 +163,7 @@ def encode(examples: list[Example], tok, arch: str, seq_len: int) -> tuple[dict[
                 row += [*b, tok.sep_id]
             types[j, first:len(row)] = 1
         else:
-            row = [*a, *([tok.sep_id, *b] if b is not None else []), tok.eos_id]
+            row = [*a, *([tok.sep_id, *b] if b is not None else []), *([tok.eos_id] if arch == "t5" else [])]
         ids[j, :len(row)] = row
         lengths[j] = len(row)
     if arch == "bert":

@@ -112,17 +112,25 @@ def next_sentence(docs: list[str], rng: np.random.Generator, max_words: int) -> 
     return out
 
 
-def word_order(docs: list[str], rng: np.random.Generator, max_words: int) -> list[dict]:
-    """The intact text and the same text with one adjacent pair swapped, per usable document."""
+def word_order(docs: list[str], rng: np.random.Generator, max_words: int, swaps: int = 1) -> list[dict]:
+    """The intact text and the same text with `swaps` disjoint adjacent pairs swapped, per usable document."""
     out = []
     for d in docs:
         words = d.split()[:max_words]
         spots = [k for k in range(1, len(words) - 1)
                  if words[k].isalpha() and words[k + 1].isalpha() and words[k].lower() != words[k + 1].lower()]
-        if not spots:
+        if len(spots) < swaps:
             continue
-        k = spots[int(rng.integers(len(spots)))]
-        swapped = words[:k] + [words[k + 1], words[k]] + words[k + 2:]
+        swapped, used = list(words), set()
+        for k in rng.permutation(spots):
+            if len(used) == 2 * swaps:
+                break
+            if k in used or k + 1 in used:
+                continue
+            swapped[k], swapped[k + 1] = swapped[k + 1], swapped[k]
+            used |= {k, k + 1}
+        if len(used) < 2 * swaps:
+            continue
         out.append({"text": " ".join(words), "label": 1})
         out.append({"text": " ".join(swapped), "label": 0})
     return out
@@ -135,11 +143,15 @@ def build(data, task) -> dict[str, list[dict]]:
     if task.max_words < 2 * _MIN_SIDE:
         raise DataError(f"task.max_words={task.max_words} is too small for the probes; use at least {2 * _MIN_SIDE}")
     parts = split_sources(source_documents(data), task.eval_fraction)
-    fn = next_sentence if task.name == "next_sentence" else word_order
+    if task.swaps < 1:
+        raise DataError(f"task.swaps={task.swaps} must be >= 1")
     out = {}
     for part, docs in parts.items():
         rng = np.random.default_rng([task.seed, _TASK_IDS[task.name], _PART_IDS[part]])
-        out[part] = fn(docs, rng, task.max_words)
+        if task.name == "next_sentence":
+            out[part] = next_sentence(docs, rng, task.max_words)
+        else:
+            out[part] = word_order(docs, rng, task.max_words, task.swaps)
         if not out[part]:
             raise DataError(f"the {task.name} probe has no {part} examples: the validation split has too few usable "
                             f"documents ({len(docs)} {part} sources); raise data.val_fraction or pass larger "

@@ -267,7 +267,7 @@ class PmapRunner:
         return self.replicate(jax.jit(self._init_unreplicated)(rng))
 
     def shard_params(self, params):
-        return params
+        return self.replicate(params)
 
     def _split(self, batch: dict) -> dict:
         return {k: v.reshape((self.n, v.shape[0] // self.n) + v.shape[1:]) for k, v in batch.items()}

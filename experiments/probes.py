@@ -1,0 +1,158 @@
+"""Downstream probes of pretrained workdirs: one fixed fine-tuning recipe (experiments/configs/finetune.py) per probe
+task, for every contender alike, and the same model from a random init as the baseline.
+
+  python -m experiments.probes --pretrained=runs/bert --workdir=runs/bert/probes
+  python -m experiments.probes --pretrained=runs/bert --workdir=runs/bert/probes-baseline --baseline
+  python -m experiments.probes --arch=gpt --workdir=runs/gpt0-probes           # random-init tiny GPT
+  python -m experiments.probes --pretrained=runs/bert --workdir=runs/p --override=train.steps=300
+
+Each task trains in `<workdir>/<task>` with train.main's loop; a task whose run finished under the same request
+is read back, not trained again. Accuracy is on the probe-eval part (disjoint source documents, balanced: chance
+is 0.5); F1 is that of the positive class (label 1: 'b follows a', 'intact').
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from absl import logging
+
+from data import probes as probe_data
+from experiments import sweep
+from experiments.configs import finetune
+
+TASKS = probe_data.TASKS
+REQUEST_FILE = "probe.json"
+
+
+def probe_config(task: str, pretrained: str | None, arch: str | None = None, baseline: bool = False,
+                 overrides: dict | None = None):
+    """The fine-tuning config of one probe run: from `pretrained` (or, with baseline, its shape at random init),
+    or a random-init tiny `arch` when pretrained is None."""
+    if pretrained is None and arch is None:
+        raise sweep.SweepError("run_probes: pass a pretrained workdir or an arch for the random-init tiny model")
+    config = finetune.get_config(f"task={task}" + (f",arch={arch}" if arch else ""))
+    if pretrained is not None:
+        if baseline:
+            config.task.model_from = pretrained
+        else:
+            config.init_from = pretrained
+    return sweep.apply_overrides(config, dict(overrides or {}))
+
+
+def _chance(summary: dict) -> float | None:
+    counts = (summary.get("data") or {}).get("val_label_counts")
+    return max(counts) / sum(counts) if counts else None
+
+
+def run_probes(pretrained: str | None, arch: str | None = None, tasks=TASKS, workdir: str = "runs/probes",
+               overrides: dict | None = None, baseline: bool = False, log=print) -> dict[str, dict]:
+    """{task: {'accuracy', 'f1', 'chance', 'steps', 'wall_s'}} after fine-tuning with the same recipe per task.
+
+    pretrained: a workdir (fine-tuned from its parameters, or with baseline=True the same model and tokenizer from
+    a random init); None: a random-init `tiny` model of `arch`. overrides: {'train.steps': 300, ...} for every task.
+    """
+    from train import loop
+
+    if pretrained is not None:
+        pretrained = os.path.abspath(pretrained)
+        if arch is not None:
+            with open(os.path.join(pretrained, "config.json")) as f:
+                have = json.load(f)["model_config"]["arch"]
+            if have != arch:
+                raise sweep.SweepError(f"run_probes: {pretrained} is a {have} model, not arch={arch!r}")
+    results = {}
+    for task in tasks:
+        rundir = os.path.join(workdir, task)
+        request = {"task": task, "pretrained": pretrained, "arch": arch, "baseline": baseline,
+                   "overrides": sweep.config_json(dict(overrides or {}))}
+        summary = _finished(rundir, request)
+        what = f"{os.path.basename(pretrained or '') or arch}{' random init' if baseline or not pretrained else ''}"
+        if summary is None:
+            config = probe_config(task, pretrained, arch, baseline, overrides)
+            os.makedirs(rundir, exist_ok=True)
+            t0 = time.perf_counter()
+            summary = loop.train_and_evaluate(config, rundir)
+            summary["data"] = _read(os.path.join(rundir, "config.json")).get("data")
+            with open(os.path.join(rundir, REQUEST_FILE), "w") as f:
+                json.dump({"request": request, "wall_s": time.perf_counter() - t0}, f, indent=2)
+        ev = summary["final_eval"]
+        results[task] = {"accuracy": ev["eval/accuracy"], "f1": ev.get("eval/f1"), "chance": _chance(summary),
+                         "steps": summary["steps"], "wall_s": summary["wall_s"]}
+        log(f"[probes] {what} {task}: accuracy {ev['eval/accuracy']:.3f}, f1 {ev.get('eval/f1', float('nan')):.3f} "
+            f"({summary['steps']} steps, {summary['wall_s']:.0f} s)")
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "probes.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    return results
+
+
+def _read(path: str) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+def _finished(rundir: str, request: dict) -> dict | None:
+    """The summary of a finished run of the same request, with its config.json data section; else None."""
+    paths = [os.path.join(rundir, n) for n in (REQUEST_FILE, "summary.json", "config.json")]
+    if not all(os.path.isfile(p) for p in paths) or _read(paths[0]).get("request") != request:
+        return None
+    summary = _read(paths[1])
+    if summary.get("stopped_by") or "eval/accuracy" not in (summary.get("final_eval") or {}):
+        return None
+    summary["data"] = _read(paths[2]).get("data")
+    return summary
+
+
+def probe_contender(rundir: str, tasks=TASKS, overrides: dict | None = None, baseline: bool = True,
+                    log=print) -> dict[str, dict]:
+    """Probes a finished contender workdir (in `<rundir>/probes`) and, with baseline, the same model from a random
+    init (in `<rundir>/probes/random_init`); records accuracies in `<rundir>/summary.json` under "probes" as
+    {task: acc, '<task> (random init)': acc} (one report column each) and the details under "probe_results"."""
+    out = {"pretrained": run_probes(rundir, tasks=tasks, workdir=os.path.join(rundir, "probes"),
+                                    overrides=overrides, log=log)}
+    if baseline:
+        out["random_init"] = run_probes(rundir, tasks=tasks, workdir=os.path.join(rundir, "probes", "random_init"),
+                                        overrides=overrides, baseline=True, log=log)
+    path = os.path.join(rundir, "summary.json")
+    summary = _read(path)
+    summary["probes"] = {t: r["accuracy"] for t, r in out["pretrained"].items()}
+    summary["probes"].update({f"{t} (random init)": r["accuracy"] for t, r in out.get("random_init", {}).items()})
+    summary["probe_results"] = out
+    with open(path, "w") as f:
+        json.dump(summary, f, indent=2)
+    return out
+
+
+def main(argv: list[str]) -> None:
+    from absl import flags
+
+    from train import errors
+
+    fv = flags.FLAGS
+    overrides = {}
+    for item in fv.override:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise sweep.SweepError(f"--override={item!r}: expected key=value")
+        try:
+            overrides[key] = json.loads(value)  # numbers, true/false
+        except ValueError:
+            overrides[key] = value
+    with errors.one_line():
+        logging.set_verbosity(logging.WARNING)
+        run_probes(fv.pretrained or None, fv.arch or None, tuple(fv.tasks), fv.workdir, overrides, fv.baseline)
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+
+    flags.DEFINE_string("pretrained", "", "Pretrained workdir ('' = random-init tiny --arch).")
+    flags.DEFINE_string("arch", "", "Architecture of the random-init model when --pretrained is ''.")
+    flags.DEFINE_list("tasks", list(TASKS), "Probe tasks.")
+    flags.DEFINE_string("workdir", None, "Directory for one fine-tuning run per task.", required=True)
+    flags.DEFINE_bool("baseline", False, "With --pretrained: the same model and tokenizer from a random init.")
+    flags.DEFINE_multi_string("override", [], "key=value for the fine-tuning config, e.g. train.steps=300.")
+    app.run(main)
