@@ -44,6 +44,11 @@ def tiny_config(arch: str, directory: str, **overrides):
     c.train.eval_steps = 2
     c.train.checkpoint_every = 3
     c.train.progress_bar = False
+    return override(c, **overrides)
+
+
+def override(c, **overrides):
+    """Sets dotted fields, e.g. override(config, **{"train.steps": 4}); returns the config."""
     for key, value in overrides.items():
         node = c
         *parents, leaf = key.split(".")

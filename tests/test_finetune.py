@@ -21,15 +21,7 @@ from model import config as model_config
 from tests import helpers
 from train import losses
 
-
-def _set(c, **overrides):
-    for key, value in overrides.items():
-        node = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return c
+_set = helpers.override
 
 
 def ft_config(task: str, arch: str, directory: str, **overrides):
