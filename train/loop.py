@@ -63,13 +63,12 @@ def build(config: ml_collections.ConfigDict, devices=None):
 
     `devices` defaults to all devices (the mesh must cover them); tests pass a subset.
     """
-    # -- fine-tuning (issue 7): objective 'classify' reads labelled examples and wraps the model in a Classifier --
+    # Fine-tuning: objective "classify" reads labelled examples and wraps the model in a Classifier.
     classify = config.objective.name == "classify"
     builder = classify_data.build if classify else pipeline.build
     data = builder(config, jax.process_index(), jax.process_count())
     mcfg = model_config.from_dict(config.model, vocab_size=data.vocab_size)
     model = classifier.Classifier(mcfg, data.num_classes) if classify else model_lib.build(mcfg)
-    # -- end fine-tuning --
     tx, lr = optim.make(config.train)
     if config.parallel not in ("jit", "pmap"):
         raise parallel.ParallelError(f"parallel={config.parallel!r} is unknown: choose 'jit' or 'pmap'")
@@ -162,15 +161,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         state = runner.init(jax.random.key(config.seed))
         start = 0
         if config.init_from:
-            # -- fine-tuning (issue 7): a model with a `pretrained_key` (model/classifier.py) takes the checkpoint's
-            # parameters as that subtree; the rest of its parameters (the new head) keep their initialisation --
+            # A model with a `pretrained_key` (model/classifier.py) takes the checkpoint's
+            # parameters as that subtree; the rest of its parameters (the new head) keep their initialisation.
             key = getattr(model, "pretrained_key", None)
             abstract = runner.abstract_state().params
             if key is None:
                 params = ckpt_lib.load_params(config.init_from, abstract)
             else:
                 params = {**runner.host_state(state).params, key: ckpt_lib.load_params(config.init_from, abstract[key])}
-            # -- end fine-tuning --
             state = state.replace(params=runner.shard_params(params))
             logging.info("parameters initialised from %s", config.init_from)
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(runner.abstract_state().params))

@@ -57,7 +57,7 @@ def cross_entropy(
     return sums
 
 
-# -- fine-tuning (issue 7): classification metrics --
+# Classification metrics (fine-tuning).
 def confusion(logits_BxLxC: jax.Array, targets_BxL: jax.Array, weights_BxL: jax.Array) -> jax.Array:
     """(C, C) float32 summed weights of the positions with target t (row) and argmax prediction p (column)."""
     C = logits_BxLxC.shape[-1]
@@ -79,7 +79,6 @@ def classification_metrics(confusion_CxC, prefix: str) -> dict[str, float]:
     else:
         out[f"{prefix}/macro_f1"] = float(f1.mean())
     return out
-# -- end fine-tuning --
 
 
 def summarize(sums: dict[str, float], prefix: str) -> dict[str, float]:

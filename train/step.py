@@ -45,7 +45,7 @@ def loss_sums(model, objective: ml_collections.ConfigDict, params, batch: dict, 
         label_smoothing=objective.label_smoothing if train else 0.0,
         z_loss=objective.z_loss if train else 0.0,
     )
-    if objective.name == "classify" and not train:  # fine-tuning (issue 7)
+    if objective.name == "classify" and not train:  # fine-tuning: confusion matrix
         sums["confusion"] = losses.confusion(logits, batch["targets"], batch["weights"])
     return sums
 
