@@ -130,14 +130,7 @@ def _loop(step_fn, state, buf_BxT, lengths_B, settings: dict, *, first: int, max
 
 def _settings(rng, temperature: float, top_k: int, top_p: float, eos_id: int | None, max_new_tokens: int) -> dict:
     """The sampling settings as arrays (traced, so changing them does not recompile), checked first."""
-    if temperature < 0:
-        raise ValueError(f"temperature={temperature} must be >= 0 (0 = greedy)")
-    if top_k < 0:
-        raise ValueError(f"top_k={top_k} must be >= 0 (0 = no top-k filter)")
-    if not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p={top_p} must be in (0, 1] (1 = no nucleus filter)")
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
+    _check_sampling(temperature, top_k, top_p, max_new_tokens)
     return {"rng": jax.random.key(0) if rng is None else rng, "temperature": jnp.float32(temperature),
             "top_k": jnp.int32(top_k), "top_p": jnp.float32(top_p),
             "eos_id": jnp.int32(-1 if eos_id is None else eos_id)}
