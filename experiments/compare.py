@@ -17,6 +17,12 @@ What is matched (one flag; default: the suite's budget):
 Warmup keeps the config's fraction of the steps; `--evals` evaluations (and checkpoints) are spread evenly, so the
 curves of all contenders are sampled at the same fractions of the budget.
 
+Probes (`--probes=next_sentence,word_order`, default: the suite's, none for the default suite): after training,
+every contender is fine-tuned on each probe task with one recipe (experiments/configs/finetune.py), and so is the
+same model from a random init, the baseline; the report gains a column per task and per baseline
+(experiments/probes.py; about a minute per fine-tuning run on 2 CPU cores, 4 runs per contender). The default
+suite leaves them off: at its budget every contender fine-tunes to chance (measured, see experiments/probes.py).
+
 Each contender trains in `<workdir>/<name>`. Re-running the command skips finished contenders (summary.json of the
 same config) and resumes an interrupted one from its last checkpoint; the planned steps are kept in plan.json, so a
 seconds budget is measured once. `--config.*` overrides apply to every contender (before the suite's own).
@@ -25,8 +31,10 @@ seconds budget is measured once. `--config.*` overrides apply to every contender
 from __future__ import annotations
 
 import json
+import os
 import sys
 
+from data.probes import TASKS as PROBE_TASKS
 from experiments import suites, sweep
 from experiments.sweep import Run, SweepError
 
@@ -83,9 +91,16 @@ def plan(workdir: str, suite_name: str, runs: list[Run], budget, evals: int, ove
 
 def compare(workdir: str, suite_name: str = "default", contenders: list[str] | None = None,
             budget: tuple[str, float] | None = None, evals: int = 0, overrides: dict | None = None,
-            param_tolerance: float | None = None, dry_run: bool = False, log=print) -> list[Run]:
-    """Plans, trains (unless dry_run) and reports a suite; returns the planned runs."""
+            param_tolerance: float | None = None, dry_run: bool = False, probes: tuple[str, ...] | None = None,
+            probe_overrides: dict | None = None, log=print) -> list[Run]:
+    """Plans, trains (unless dry_run), probes and reports a suite; returns the planned runs.
+
+    probes: probe tasks (None = the suite's); probe_overrides: {'train.steps': 50, ...} for every fine-tuning run."""
     suite = suites.load(suite_name)
+    probes = tuple(suite["probes"] if probes is None else probes)
+    unknown = [t for t in probes if t not in PROBE_TASKS]
+    if unknown:
+        raise SweepError(f"--probes: unknown {unknown}; choose from {list(PROBE_TASKS)}")
     overrides = overrides or {}
     budget = budget or tuple(suite["budget"])
     evals = evals or suite["evals"]
@@ -113,7 +128,11 @@ def compare(workdir: str, suite_name: str = "default", contenders: list[str] | N
                                "runs": records, "hardware": sweep.hardware_record(old)})
     if not sweep.execute(runs, workdir, log=log):
         return runs
+    from experiments import probes as probes_lib
     from experiments import report
+
+    for r in runs if probes else ():
+        probes_lib.probe_contender(os.path.join(workdir, r.name), tasks=probes, overrides=probe_overrides, log=log)
 
     print(report.build(workdir))
     return runs
@@ -131,8 +150,10 @@ def main(argv: list[str]) -> None:
         if not fv.workdir:
             raise SweepError("--workdir is required, e.g. --workdir=runs/compare")
         names = [n.strip() for n in fv.contenders.split(",") if n.strip()] or None
+        probes = None if fv.probes is None else tuple(t.strip() for t in fv.probes.split(",") if t.strip())
         compare(fv.workdir, fv.suite, names, sweep.budget_from_flags(fv), fv.evals, sweep.cli_overrides(fv),
-                fv.param_tolerance if fv.param_tolerance >= 0 else None, fv.dry_run)
+                fv.param_tolerance if fv.param_tolerance >= 0 else None, fv.dry_run, probes,
+                {"train.steps": fv.probe_steps} if fv.probe_steps else None)
 
 
 if __name__ == "__main__":
@@ -142,6 +163,9 @@ if __name__ == "__main__":
 
     flags.DEFINE_string("suite", "default", "Suite: a module of experiments/suites ('default') or a .py path.")
     flags.DEFINE_string("contenders", "", "Comma-separated subset of the suite's contenders ('' = all).")
+    flags.DEFINE_string("probes", None, "Comma-separated probe tasks to fine-tune every contender on after training "
+                        "('' = none; unset = the suite's).")
+    flags.DEFINE_integer("probe_steps", 0, "Fine-tuning steps per probe run (0 = the recipe's).")
     flags.DEFINE_float("param_tolerance", -1, "Allowed parameter-count spread (max/min - 1); -1 = the suite's.")
     sweep.define_budget_flags(flags.FLAGS)
     flags.FLAGS.set_default("evals", 0)

@@ -173,6 +173,35 @@ def test_sweep_skips_finished_points_and_resumes_an_interrupted_one(tmp_path):
     assert [r["group"] for r in rows] == ["gpt-position=rope", "gpt-position=alibi"]
 
 
+def test_compare_fine_tunes_every_contender_on_the_probes_with_a_random_init_baseline(tmp_path):
+    suite = tmp_path / "probe_suite.py"
+    suite.write_text(f"def get_suite():\n    return dict(description='probe plumbing', contenders={{'gpt': dict("
+                     f"config='experiments/configs/gpt.py:tiny', overrides={_tiny_base(tmp_path)!r})}}, "
+                     f"budget=('steps', 4), param_tolerance=0.05, evals=1, probes=('word_order',))\n")
+    work = tmp_path / "runs"
+    with pytest.raises(sweep.SweepError, match="--probes: unknown \\['nli'\\]"):
+        compare.compare(str(work), str(suite), probes=("nli",))
+    assert not work.exists()  # refused before anything trained
+    quick = {"train.steps": 4, "train.eval_every": 4, "train.batch_size": 8}
+    compare.compare(str(work), str(suite), probe_overrides=quick, log=lambda m: None)
+    summary = json.loads((work / "gpt" / "summary.json").read_text())
+    got = summary["probe_results"]
+    assert set(got) == {"pretrained", "random_init"} and all(set(r) == {"word_order"} for r in got.values())
+    assert summary["probes"] == {"word_order": got["pretrained"]["word_order"]["accuracy"],
+                                 "word_order (random init)": got["random_init"]["word_order"]["accuracy"]}
+    assert got["pretrained"]["word_order"]["steps"] == 4 and got["pretrained"]["word_order"]["chance"] == 0.5
+    ft_config = json.loads((work / "gpt" / "probes" / "word_order" / "config.json").read_text())["config"]
+    assert ft_config["init_from"] == str(work / "gpt") and ft_config["task"]["pooling"] == "max"
+    base_config = json.loads((work / "gpt" / "probes" / "random_init" / "word_order" / "config.json").read_text())
+    assert base_config["config"]["init_from"] == "" and base_config["config"]["task"]["model_from"] == str(work / "gpt")
+    report_md = (work / "report.md").read_text()
+    assert "probe: word_order |" in report_md and "probe: word_order (random init)" in report_md
+    metrics = work / "gpt" / "probes" / "word_order" / "metrics.jsonl"
+    before = metrics.stat().st_mtime_ns
+    compare.compare(str(work), str(suite), probe_overrides=quick, log=lambda m: None)  # finished: nothing re-runs
+    assert metrics.stat().st_mtime_ns == before
+
+
 # ---------------------------------------------------------------------------------------------- report
 
 

@@ -228,6 +228,37 @@ def test_classifier_pools_the_documented_position(arch):
         assert not np.allclose(apply(params, changed)[0], logits)
 
 
+@pytest.mark.parametrize("arch", ["bert", "gpt", "t5"])
+def test_every_pooling_matches_numpy_over_the_real_tokens(arch):
+    from model import build
+
+    cfg = _cfg(arch)
+    rng = np.random.default_rng(1)
+    ids = rng.integers(5, 64, (3, 10)).astype(np.int32)
+    n_real = np.array([10, 4, 1])
+    ids[np.arange(10)[None, :] >= n_real[:, None]] = 0
+    batch = {"inputs": ids, "token_types": np.zeros_like(ids), "lengths": n_real.astype(np.int32),
+             "encoder_inputs": ids}
+    method = {"bert": "features", "gpt": "features", "t5": "encode"}[arch]
+    want_params = None
+    for pooling in classifier.POOLINGS:
+        model = classifier.Classifier(cfg, 2, pooling)
+        inputs = {k: batch[k] for k in model.input_names}
+        if want_params is None:
+            want_params = jax.jit(lambda x, m=model: m.init(jax.random.key(0), **x)["params"])(inputs)
+            h = np.asarray(jax.jit(lambda p, x: build(cfg).apply({"params": p}, x, method=method))(
+                want_params["backbone"], ids))
+        got = np.asarray(jax.jit(lambda p, x, m=model: m.apply({"params": p}, **x, method="pooled"))(
+            want_params, inputs))
+        rows = [h[i, :n] for i, n in enumerate(n_real)]
+        want = {"first": [r[0] for r in rows], "last": [r[-1] for r in rows], "mean": [r.mean(0) for r in rows],
+                "max": [r.max(0) for r in rows]}[pooling]
+        np.testing.assert_allclose(got, np.stack(want), rtol=1e-5, atol=1e-6, err_msg=pooling)
+    with pytest.raises(ValueError, match="task.pooling='cls' is unknown"):
+        model = classifier.Classifier(cfg, 2, "cls")
+        model.init(jax.random.key(0), **{k: batch[k] for k in model.input_names})
+
+
 # ------------------------------------------------------------------------------------------------ metrics
 
 

@@ -6,6 +6,8 @@ get_suite() returns a dict:
   budget           (kind, value) trained by default: kind 'flops', 'tokens', 'seconds' or 'steps'
   param_tolerance  largest allowed max/min - 1 of the contenders' parameter counts (compare refuses more)
   evals            evaluations per contender, evenly spaced in its steps
+  probes           (optional) probe tasks (data/probes.py) each contender is fine-tuned on after training, with
+                   the same model from a random init as the baseline (experiments/probes.py); default ()
 """
 
 import importlib
@@ -15,6 +17,7 @@ import os
 from experiments.sweep import ROOT, SweepError
 
 KEYS = ("description", "contenders", "budget", "param_tolerance", "evals")
+OPTIONAL = ("probes",)
 
 
 def load(name: str) -> dict:
@@ -34,6 +37,7 @@ def load(name: str) -> dict:
             names = sorted(f[:-3] for f in os.listdir(here) if f.endswith(".py") and not f.startswith("_"))
             raise SweepError(f"--suite={name}: no such suite; choose one of {names} or a path to a .py file") from None
     suite = module.get_suite()
-    if sorted(suite) != sorted(KEYS):
-        raise SweepError(f"suite {name}: get_suite() must return exactly {KEYS}; got {sorted(suite)}")
-    return suite
+    if not set(KEYS) <= set(suite) <= set(KEYS + OPTIONAL):
+        raise SweepError(f"suite {name}: get_suite() must return {KEYS} (and optionally {OPTIONAL}); got "
+                         f"{sorted(suite)}")
+    return {"probes": (), **suite}
