@@ -17,6 +17,8 @@ What is matched (one flag; default: the suite's budget):
 Warmup keeps the config's fraction of the steps; `--evals` evaluations (and checkpoints) are spread evenly, so the
 curves of all contenders are sampled at the same fractions of the budget.
 
+Zero-shot probes (`--zero_shot=next_sentence,word_order`, default: the suite's, both for the default suite): after
+training, each contender scores the probe pairs with its own objective, no training (experiments/probes.py).
 Probes (`--probes=next_sentence,word_order`, default: the suite's, none for the default suite): after training,
 every contender is fine-tuned on each probe task with one recipe (experiments/configs/finetune.py), and so is the
 same model from a random init, the baseline; the report gains a column per task and per baseline
@@ -92,15 +94,19 @@ def plan(workdir: str, suite_name: str, runs: list[Run], budget, evals: int, ove
 def compare(workdir: str, suite_name: str = "default", contenders: list[str] | None = None,
             budget: tuple[str, float] | None = None, evals: int = 0, overrides: dict | None = None,
             param_tolerance: float | None = None, dry_run: bool = False, probes: tuple[str, ...] | None = None,
-            probe_overrides: dict | None = None, log=print) -> list[Run]:
+            probe_overrides: dict | None = None, zero_shot: tuple[str, ...] | None = None,
+            log=print) -> list[Run]:
     """Plans, trains (unless dry_run), probes and reports a suite; returns the planned runs.
 
-    probes: probe tasks (None = the suite's); probe_overrides: {'train.steps': 50, ...} for every fine-tuning run."""
+    probes, zero_shot: probe tasks to fine-tune on and to score zero-shot (None = the suite's); probe_overrides:
+    {'train.steps': 50, ...} for every fine-tuning run."""
     suite = suites.load(suite_name)
     probes = tuple(suite["probes"] if probes is None else probes)
-    unknown = [t for t in probes if t not in PROBE_TASKS]
-    if unknown:
-        raise SweepError(f"--probes: unknown {unknown}; choose from {list(PROBE_TASKS)}")
+    zero_shot = tuple(suite["zero_shot"] if zero_shot is None else zero_shot)
+    for flag, tasks in (("--probes", probes), ("--zero_shot", zero_shot)):
+        unknown = [t for t in tasks if t not in PROBE_TASKS]
+        if unknown:
+            raise SweepError(f"{flag}: unknown {unknown}; choose from {list(PROBE_TASKS)}")
     overrides = overrides or {}
     budget = budget or tuple(suite["budget"])
     evals = evals or suite["evals"]
@@ -131,8 +137,12 @@ def compare(workdir: str, suite_name: str = "default", contenders: list[str] | N
     from experiments import probes as probes_lib
     from experiments import report
 
-    for r in runs if probes else ():
-        probes_lib.probe_contender(os.path.join(workdir, r.name), tasks=probes, overrides=probe_overrides, log=log)
+    for r in runs:
+        rundir = os.path.join(workdir, r.name)
+        if zero_shot:
+            probes_lib.zero_shot_contender(rundir, tasks=zero_shot, log=log)
+        if probes:
+            probes_lib.probe_contender(rundir, tasks=probes, overrides=probe_overrides, log=log)
 
     print(report.build(workdir))
     return runs
@@ -150,10 +160,12 @@ def main(argv: list[str]) -> None:
         if not fv.workdir:
             raise SweepError("--workdir is required, e.g. --workdir=runs/compare")
         names = [n.strip() for n in fv.contenders.split(",") if n.strip()] or None
-        probes = None if fv.probes is None else tuple(t.strip() for t in fv.probes.split(",") if t.strip())
+        def tasks(value):
+            return None if value is None else tuple(t.strip() for t in value.split(",") if t.strip())
+
         compare(fv.workdir, fv.suite, names, sweep.budget_from_flags(fv), fv.evals, sweep.cli_overrides(fv),
-                fv.param_tolerance if fv.param_tolerance >= 0 else None, fv.dry_run, probes,
-                {"train.steps": fv.probe_steps} if fv.probe_steps else None)
+                fv.param_tolerance if fv.param_tolerance >= 0 else None, fv.dry_run, tasks(fv.probes),
+                {"train.steps": fv.probe_steps} if fv.probe_steps else None, tasks(fv.zero_shot))
 
 
 if __name__ == "__main__":
@@ -166,6 +178,8 @@ if __name__ == "__main__":
     flags.DEFINE_string("probes", None, "Comma-separated probe tasks to fine-tune every contender on after training "
                         "('' = none; unset = the suite's).")
     flags.DEFINE_integer("probe_steps", 0, "Fine-tuning steps per probe run (0 = the recipe's).")
+    flags.DEFINE_string("zero_shot", None, "Comma-separated probe tasks every contender scores zero-shot after "
+                        "training ('' = none; unset = the suite's).")
     flags.DEFINE_float("param_tolerance", -1, "Allowed parameter-count spread (max/min - 1); -1 = the suite's.")
     sweep.define_budget_flags(flags.FLAGS)
     flags.FLAGS.set_default("evals", 0)

@@ -1,10 +1,19 @@
 """Downstream probes of pretrained workdirs: one fixed fine-tuning recipe (experiments/configs/finetune.py) per probe
-task, for every contender alike, and the same model from a random init as the baseline.
+task, for every contender alike, and the same model from a random init as the baseline; and the same probe pairs
+scored zero-shot by each model's own objective.
 
   python -m experiments.probes --pretrained=runs/bert --workdir=runs/bert/probes
   python -m experiments.probes --pretrained=runs/bert --workdir=runs/bert/probes-baseline --baseline
   python -m experiments.probes --arch=gpt --workdir=runs/gpt0-probes           # random-init tiny GPT
   python -m experiments.probes --pretrained=runs/bert --workdir=runs/p --override=train.steps=300
+  python -m experiments.probes --pretrained=runs/bert --zero_shot                # no training, seconds
+
+Zero-shot: the probe-eval examples come in pairs (intact text and its swapped copy; a with its own continuation
+and with another document's), and a pair counts as right when the model scores the true member higher (ties
+count half; chance 0.5). Scores (model/scoring.py): GPT the log-likelihood of the text, BERT and T5 its
+pseudo-log-likelihood (each token masked in turn). next_sentence scores how much a raises the likelihood of b,
+score(b | a) - score(b), so that the two b's own likelihoods cancel. This asks the pretraining objective
+directly, with no training: the same numbers on every rerun.
 
 experiments/compare.py --probes runs probe_contender for every contender of a comparison.
 
@@ -26,6 +35,7 @@ import json
 import os
 import time
 
+import numpy as np
 from absl import logging
 
 from data import probes as probe_data
@@ -125,14 +135,85 @@ def probe_contender(rundir: str, tasks=TASKS, overrides: dict | None = None, bas
     if baseline:
         out["random_init"] = run_probes(rundir, tasks=tasks, workdir=os.path.join(rundir, "probes", "random_init"),
                                         overrides=overrides, baseline=True, log=log)
+    columns = {t: r["accuracy"] for t, r in out["pretrained"].items()}
+    columns.update({f"{t} (random init)": r["accuracy"] for t, r in out.get("random_init", {}).items()})
+    _record(rundir, columns, "probe_results", out)
+    return out
+
+
+def pair_accuracy(scores) -> float:
+    """Fraction of consecutive (true, false) pairs whose true member scores higher; ties count half."""
+    true, false = np.asarray(scores[0::2]), np.asarray(scores[1::2])
+    if len(true) != len(false) or not len(true):
+        raise ValueError(f"pair_accuracy: {len(scores)} scores are not a non-empty list of pairs")
+    return float(np.mean((true > false) + 0.5 * (true == false)))
+
+
+def zero_shot(workdir: str, tasks=TASKS, log=print) -> dict[str, dict]:
+    """{task: {'accuracy', 'pairs', 'wall_s'}}: the probe-eval pairs of each task scored by the pretrained model in
+    `workdir` (see the module docstring)."""
+    from model import scoring
+    from train.workdir import load_workdir
+
+    config, _, model, params, tok = load_workdir(workdir)
+    if tok is None:
+        raise sweep.SweepError(f"zero-shot probes: {workdir} has no tokenizer to build the probe texts with")
+    arch = model.cfg.arch
+    if arch == "gpt":
+        def score(contexts, targets):
+            return scoring.causal_scores(model, params, contexts, targets, start_id=tok.eos_id)
+    else:
+        mask = (dict(mask_id=tok.mask_id, end_id=tok.sep_id, cls_id=tok.cls_id) if arch == "bert"
+                else dict(mask_id=tok.sentinel_id(0), end_id=tok.eos_id))
+
+        def score(contexts, targets):
+            return scoring.pseudo_scores(model, params, contexts, targets, **mask)
+
+    results = {}
+    for task in tasks:
+        t0 = time.perf_counter()
+        task_config = finetune.get_config(f"task={task}").task  # the fine-tuning probes' examples, eval part
+        records = probe_data.build(config.data, task_config)["eval"]
+        # b continues a's text: its first word carries its leading space, as it does inside a document.
+        contexts = [tok.encode(r["text_a"]) if "text_a" in r else [] for r in records]
+        targets = [tok.encode(" " + r["text_b"]) if "text_b" in r else tok.encode(r["text"]) for r in records]
+        # Pairs that do not fit the model (with [CLS]/[SEP], start or eos) are left out, both members together.
+        fits = [len(c) + len(t) + 2 <= model.cfg.max_len for c, t in zip(contexts, targets, strict=True)]
+        keep = [j for i in range(0, len(records), 2) if fits[i] and fits[i + 1] for j in (i, i + 1)]
+        if not keep:
+            raise sweep.SweepError(f"zero-shot {task}: no probe pair fits model.max_len={model.cfg.max_len} of "
+                                   f"{workdir}")
+        contexts, targets = [contexts[i] for i in keep], [targets[i] for i in keep]
+        scores = score(contexts, targets)
+        if task == "next_sentence":
+            scores = scores - score([[]] * len(targets), targets)
+        r = results[task] = {"accuracy": pair_accuracy(scores), "pairs": len(keep) // 2,
+                             "left_out": (len(records) - len(keep)) // 2, "wall_s": time.perf_counter() - t0}
+        left_out = f", {r['left_out']} too long for the model left out" if r["left_out"] else ""
+        log(f"[probes] {os.path.basename(os.path.abspath(workdir))} {task} zero-shot: accuracy {r['accuracy']:.3f} "
+            f"({r['pairs']} pairs{left_out}, {r['wall_s']:.0f} s)")
+    return results
+
+
+def zero_shot_contender(rundir: str, tasks=TASKS, log=print) -> dict[str, dict]:
+    """zero_shot of a finished contender, recorded in `<rundir>/summary.json` under "probes" as
+    {'<task> (zero-shot)': accuracy} (one report column each) and the details under "zero_shot_results". Tasks
+    recorded there already (same checkpoint: a retrained contender writes a new summary) are not scored again."""
+    done = _read(os.path.join(rundir, "summary.json")).get("zero_shot_results", {})
+    if set(tasks) <= set(done):
+        return {t: done[t] for t in tasks}
+    out = {**done, **zero_shot(rundir, tasks, log=log)}
+    _record(rundir, {f"{t} (zero-shot)": r["accuracy"] for t, r in out.items()}, "zero_shot_results", out)
+    return out
+
+
+def _record(rundir: str, columns: dict[str, float], key: str, details: dict) -> None:
     path = os.path.join(rundir, "summary.json")
     summary = _read(path)
-    summary["probes"] = {t: r["accuracy"] for t, r in out["pretrained"].items()}
-    summary["probes"].update({f"{t} (random init)": r["accuracy"] for t, r in out.get("random_init", {}).items()})
-    summary["probe_results"] = out
+    summary["probes"] = {**summary.get("probes", {}), **columns}
+    summary[key] = details
     with open(path, "w") as f:
         json.dump(summary, f, indent=2)
-    return out
 
 
 def main(argv: list[str]) -> None:
@@ -152,6 +233,13 @@ def main(argv: list[str]) -> None:
             overrides[key] = value
     with errors.one_line():
         logging.set_verbosity(logging.WARNING)
+        if fv.zero_shot:
+            if not fv.pretrained:
+                raise sweep.SweepError("--zero_shot scores a pretrained model: pass --pretrained=<workdir>")
+            zero_shot(fv.pretrained, tuple(fv.tasks))
+            return
+        if not fv.workdir:
+            raise sweep.SweepError("--workdir is required for fine-tuning probes, e.g. --workdir=runs/bert/probes")
         run_probes(fv.pretrained or None, fv.arch or None, tuple(fv.tasks), fv.workdir, overrides, fv.baseline)
 
 
@@ -161,7 +249,8 @@ if __name__ == "__main__":
     flags.DEFINE_string("pretrained", "", "Pretrained workdir ('' = random-init tiny --arch).")
     flags.DEFINE_string("arch", "", "Architecture of the random-init model when --pretrained is ''.")
     flags.DEFINE_list("tasks", list(TASKS), "Probe tasks.")
-    flags.DEFINE_string("workdir", None, "Directory for one fine-tuning run per task.", required=True)
+    flags.DEFINE_string("workdir", "", "Directory for one fine-tuning run per task.")
+    flags.DEFINE_bool("zero_shot", False, "Score the probe pairs with --pretrained's own objective; no training.")
     flags.DEFINE_bool("baseline", False, "With --pretrained: the same model and tokenizer from a random init.")
     flags.DEFINE_multi_string("override", [], "key=value for the fine-tuning config, e.g. train.steps=300.")
     app.run(main)

@@ -256,6 +256,17 @@ def notes(groups: list[dict], plan: dict | None) -> list[str]:
                "relative to it high). **wall** is the whole run (data, compile, evaluations, checkpoints) of its "
                "last invocation; **peak memory** is the allocator's high-water mark on GPU/TPU and XLA's memory "
                "analysis of the compiled step on CPU.")
+    probe_keys = {k for g in groups for k in g if k.startswith("probe/")}
+    if any(k.endswith("(zero-shot)") for k in probe_keys):
+        out.append("**probe: <task> (zero-shot)** is the share of the probe's evaluation pairs (data/probes.py: "
+                   "intact text vs two adjacent words swapped; a with its own continuation vs another text's) in "
+                   "which the pretrained model, with no training, scores the true member higher: GPT by "
+                   "log-likelihood, BERT and T5 by pseudo-log-likelihood (each token masked in turn), "
+                   "next_sentence by how much a raises the score of b (experiments/probes.py). Chance is 50%.")
+    if any(not k.endswith("(zero-shot)") for k in probe_keys):
+        out.append("**probe: <task>** is the evaluation accuracy after fine-tuning the pretrained model with one "
+                   "recipe for all (experiments/configs/finetune.py); **(random init)** the same model and recipe "
+                   "from a random initialisation. Chance is 50%.")
     if any(g.get("resumed") for g in groups):
         out.append("Some runs were resumed: their wall and compile times cover the last invocation only.")
     if any(g.get("n", 1) > 1 for g in groups):

@@ -175,9 +175,11 @@ def test_sweep_skips_finished_points_and_resumes_an_interrupted_one(tmp_path):
 
 def test_compare_fine_tunes_every_contender_on_the_probes_with_a_random_init_baseline(tmp_path):
     suite = tmp_path / "probe_suite.py"
+    overrides = {**_tiny_base(tmp_path), "model.max_len": 96}  # room for zero-shot texts (fine-tuning truncates)
     suite.write_text(f"def get_suite():\n    return dict(description='probe plumbing', contenders={{'gpt': dict("
-                     f"config='experiments/configs/gpt.py:tiny', overrides={_tiny_base(tmp_path)!r})}}, "
-                     f"budget=('steps', 4), param_tolerance=0.05, evals=1, probes=('word_order',))\n")
+                     f"config='experiments/configs/gpt.py:tiny', overrides={overrides!r})}}, "
+                     f"budget=('steps', 4), param_tolerance=0.05, evals=1, probes=('word_order',), "
+                     f"zero_shot=('word_order', 'next_sentence'))\n")
     work = tmp_path / "runs"
     with pytest.raises(sweep.SweepError, match="--probes: unknown \\['nli'\\]"):
         compare.compare(str(work), str(suite), probes=("nli",))
@@ -187,8 +189,12 @@ def test_compare_fine_tunes_every_contender_on_the_probes_with_a_random_init_bas
     summary = json.loads((work / "gpt" / "summary.json").read_text())
     got = summary["probe_results"]
     assert set(got) == {"pretrained", "random_init"} and all(set(r) == {"word_order"} for r in got.values())
+    zero = summary["zero_shot_results"]
     assert summary["probes"] == {"word_order": got["pretrained"]["word_order"]["accuracy"],
-                                 "word_order (random init)": got["random_init"]["word_order"]["accuracy"]}
+                                 "word_order (random init)": got["random_init"]["word_order"]["accuracy"],
+                                 "word_order (zero-shot)": zero["word_order"]["accuracy"],
+                                 "next_sentence (zero-shot)": zero["next_sentence"]["accuracy"]}
+    assert all(0 <= r["accuracy"] <= 1 and r["pairs"] > 10 for r in zero.values())
     assert got["pretrained"]["word_order"]["steps"] == 4 and got["pretrained"]["word_order"]["chance"] == 0.5
     ft_config = json.loads((work / "gpt" / "probes" / "word_order" / "config.json").read_text())["config"]
     assert ft_config["init_from"] == str(work / "gpt") and ft_config["task"]["pooling"] == "max"
@@ -196,10 +202,13 @@ def test_compare_fine_tunes_every_contender_on_the_probes_with_a_random_init_bas
     assert base_config["config"]["init_from"] == "" and base_config["config"]["task"]["model_from"] == str(work / "gpt")
     report_md = (work / "report.md").read_text()
     assert "probe: word_order |" in report_md and "probe: word_order (random init)" in report_md
+    assert "probe: next_sentence (zero-shot)" in report_md and "**probe: <task> (zero-shot)**" in report_md
     metrics = work / "gpt" / "probes" / "word_order" / "metrics.jsonl"
     before = metrics.stat().st_mtime_ns
-    compare.compare(str(work), str(suite), probe_overrides=quick, log=lambda m: None)  # finished: nothing re-runs
-    assert metrics.stat().st_mtime_ns == before
+    logs = []
+    compare.compare(str(work), str(suite), probe_overrides=quick, log=logs.append)  # finished: nothing re-runs
+    assert metrics.stat().st_mtime_ns == before and not any("zero-shot" in m for m in logs)
+    assert json.loads((work / "gpt" / "summary.json").read_text())["zero_shot_results"] == zero
 
 
 # ---------------------------------------------------------------------------------------------- report

@@ -8,6 +8,7 @@ get_suite() returns a dict:
   evals            evaluations per contender, evenly spaced in its steps
   probes           (optional) probe tasks (data/probes.py) each contender is fine-tuned on after training, with
                    the same model from a random init as the baseline (experiments/probes.py); default ()
+  zero_shot        (optional) probe tasks each contender scores zero-shot after training; default ()
 """
 
 import importlib
@@ -17,7 +18,7 @@ import os
 from experiments.sweep import ROOT, SweepError
 
 KEYS = ("description", "contenders", "budget", "param_tolerance", "evals")
-OPTIONAL = ("probes",)
+OPTIONAL = ("probes", "zero_shot")
 
 
 def load(name: str) -> dict:
@@ -40,4 +41,4 @@ def load(name: str) -> dict:
     if not set(KEYS) <= set(suite) <= set(KEYS + OPTIONAL):
         raise SweepError(f"suite {name}: get_suite() must return {KEYS} (and optionally {OPTIONAL}); got "
                          f"{sorted(suite)}")
-    return {"probes": (), **suite}
+    return {"probes": (), "zero_shot": (), **suite}

@@ -33,4 +33,5 @@ def get_suite() -> dict:
         budget=("flops", 4e12),
         param_tolerance=0.05,
         evals=5,
+        zero_shot=("next_sentence", "word_order"),  # About a minute for all three; fine-tuned probes: --probes.
     )
