@@ -7,6 +7,7 @@ process builds it. Keys (B = rows, L = seq_len, S = encoder length, T = target l
   causal_lm        inputs, targets, weights, target_bytes                    (B, L)
   prefix_lm        the same + prefix_len (B,)
   mlm              inputs, targets, weights, target_bytes                    (B, L)
+  nsp (mlm + objective.nsp)  the same + token_types (B, L), nsp_labels (B,)
   span_corruption  encoder_inputs (B, S); targets, decoder_inputs, weights, target_bytes (B, T)
 
 Ids are int32, weights float32 (0 on padding and on positions not predicted), target_bytes int32
@@ -61,7 +62,26 @@ def mlm(
     random_token_frac: float,
     word_start: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """BERT masking of [CLS] + window + [SEP] (length L = W + 2).
+    """BERT masking (`mask_tokens`) of [CLS] + window + [SEP] (length L = W + 2)."""
+    B, W = windows.shape
+    targets = np.empty((B, W + 2), np.int32)
+    targets[:, 0] = tok.cls_id
+    targets[:, 1:-1] = windows
+    targets[:, -1] = tok.sep_id
+    inputs, weights = mask_tokens(targets, rngs, tok, mask_rate, mask_token_frac, random_token_frac, word_start)
+    return {"inputs": inputs, "targets": targets, "weights": weights, "target_bytes": tok.token_bytes[targets]}
+
+
+def mask_tokens(
+    targets: np.ndarray,
+    rngs: Sequence[np.random.Generator],
+    tok,
+    mask_rate: float,
+    mask_token_frac: float,
+    random_token_frac: float,
+    word_start: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(inputs (B, L) int32, weights (B, L) float32): BERT masking of the target rows (B, L).
 
     Exactly max(1, round_half_up(mask_rate * n)) of each row's n non-special tokens are selected (uniformly at
     random); each selected token independently becomes [MASK] with probability mask_token_frac, a random non-special
@@ -69,12 +89,7 @@ def mlm(
     Whole-word masking (word_start (V,) bool from `word_starts`): whole words are selected in random order, skipping
     a word that would overshoot, until the selected pieces reach that count; a word's pieces share one 80/10/10 draw.
     """
-    B, W = windows.shape
-    L = W + 2
-    targets = np.empty((B, L), np.int32)
-    targets[:, 0] = tok.cls_id
-    targets[:, 1:-1] = windows
-    targets[:, -1] = tok.sep_id
+    B, L = targets.shape
     u = _rows_uniform(rngs, (3, L))
     candidate = ~tok.is_special[targets]
     n = candidate.sum(1)
@@ -93,11 +108,70 @@ def mlm(
     normal = tok.normal_ids
     random_ids = normal[np.minimum((u[:, 2] * len(normal)).astype(np.int64), len(normal) - 1)]
     inputs = np.where(to_mask, tok.mask_id, np.where(to_random, random_ids, targets)).astype(np.int32)
+    return inputs, selected.astype(np.float32)
+
+
+def nsp_min_segment(T: int) -> int:
+    """Fewest tokens A or B can have when they share T tokens (T // 8, at least 1)."""
+    return max(1, T // 8)
+
+
+def _nsp_cut(own: np.ndarray, other: np.ndarray, cut: int, m: int, eos_id: int) -> tuple[int, int]:
+    """(a, start): A is own[:a]; a random B would start at other[start].
+
+    If own has a document boundary (a token after eos) at an a in [m, T - m], a is the one nearest `cut`, and start
+    is the first document start in `other` from which T - a tokens fit; if either is missing, a = cut, start = 0.
+    """
+    T = len(own)
+    bounds = np.flatnonzero(own[m - 1 : T - m] == eos_id) + m  # a with own[a - 1] == eos
+    if len(bounds):
+        a = int(bounds[np.argmin(np.abs(bounds - cut))])
+        starts = np.flatnonzero(other[: len(other) - (T - a)] == eos_id) + 1
+        if len(starts):
+            return a, int(starts[0])
+    return cut, 0
+
+
+def nsp(windows: np.ndarray, rngs: Sequence[np.random.Generator], tok, *mask_args) -> dict[str, np.ndarray]:
+    """BERT's next-sentence prediction pairs [CLS] A [SEP] B [SEP] (length L = T + 3), then `mask_tokens(*mask_args)`.
+
+    windows (B, 3T): each row's T stream tokens followed by 2T tokens from a random position of the same split that
+    does not overlap them (data/pipeline.py). A is the first a tokens of the row's window. With probability 1/2, B
+    is the rest of the window, the T - a tokens that follow A in the stream (nsp_labels 1, "IsNext"); otherwise
+    T - a tokens of the random window (nsp_labels 0, "NotNext"). Every row is exactly L tokens, so there is no
+    padding; token_types are 0 on [CLS] A [SEP] and 1 on B [SEP]. MLM targets are drawn from A and B only (the
+    specials [CLS], [SEP] and eos are never selected).
+
+    Where A and B are cut: a is drawn uniformly in [m, T - m] (m = nsp_min_segment(T), so both segments have at
+    least m tokens), then moved to the nearest document boundary in that range, so that A ends a document and B
+    begins one, like BERT's sentence-level segments; a random B then also begins at a document start (the first one
+    in the random window). If the window has no boundary in range, or the random window no document start from
+    which B fits, both labels cut at token level (B starts mid-document). The choice depends on the two windows and
+    never on the label, so the segment lengths and the kind of B start (document start or not) are distributed
+    alike for both labels and give the label away no more than chance.
+    """
+    B, n = windows.shape
+    T = n // 3
+    m = nsp_min_segment(T)
+    u = _rows_uniform(rngs, (2,))
+    labels = (u[:, 0] < 0.5).astype(np.int32)
+    cuts = m + np.minimum((u[:, 1] * (T - 2 * m + 1)).astype(np.int64), T - 2 * m)
+    targets = np.empty((B, T + 3), np.int32)
+    token_types = np.zeros((B, T + 3), np.int32)
+    for b in range(B):
+        own, other = windows[b, :T], windows[b, T:]
+        a, start = _nsp_cut(own, other, int(cuts[b]), m, tok.eos_id)
+        segment_b = own[a:] if labels[b] else other[start : start + T - a]
+        targets[b] = np.concatenate([[tok.cls_id], own[:a], [tok.sep_id], segment_b, [tok.sep_id]])
+        token_types[b, a + 2 :] = 1
+    inputs, weights = mask_tokens(targets, rngs, tok, *mask_args)
     return {
         "inputs": inputs,
         "targets": targets,
-        "weights": selected.astype(np.float32),
+        "weights": weights,
         "target_bytes": tok.token_bytes[targets],
+        "token_types": token_types,
+        "nsp_labels": labels,
     }
 
 
@@ -253,12 +327,15 @@ def span_corruption(
 
 @dataclasses.dataclass(frozen=True)
 class Objective:
-    """An objective bound to its settings: `window_len` raw tokens per row in, `fn(windows, rngs)` -> batch."""
+    """An objective bound to its settings: `window_len` (+ `random_len`) raw tokens per row in,
+    `fn(windows, rngs)` -> batch."""
 
     name: str
     window_len: int
     fn: Callable[[np.ndarray, Sequence[np.random.Generator]], dict[str, np.ndarray]]
     shapes: dict[str, tuple[tuple[int, ...], type]]  # key -> (per-row shape, dtype)
+    # Tokens per row from a random position of the split, not overlapping the row's window, appended to it (nsp).
+    random_len: int = 0
 
     def __call__(self, windows: np.ndarray, rngs: Sequence[np.random.Generator]) -> dict[str, np.ndarray]:
         return self.fn(windows, rngs)
@@ -282,9 +359,15 @@ def build(config, tok) -> Objective:
     if name not in NAMES:
         raise DataError(f"objective.name: unknown {name!r}; choose one of {list(NAMES)}")
     i32, f32 = np.int32, np.float32
-    minimum = {"causal_lm": 1, "prefix_lm": 2, "mlm": 3, "span_corruption": 4}[name]
+    if obj.nsp and (name != "mlm" or config.model.arch != "bert"):
+        raise DataError(
+            f"objective.nsp=True (next-sentence prediction) needs model.arch='bert' and objective.name='mlm', got "
+            f"model.arch={config.model.arch!r} and objective.name={name!r}: set objective.nsp=False"
+        )
+    minimum = {"causal_lm": 1, "prefix_lm": 2, "mlm": 8 if obj.nsp else 3, "span_corruption": 4}[name]
     if L < minimum:
-        raise DataError(f"data.seq_len={L} is too short for {name}; use at least {minimum}")
+        what = "mlm with objective.nsp" if obj.nsp else name
+        raise DataError(f"data.seq_len={L} is too short for {what}; use at least {minimum}")
     tb = tok.token_bytes
     lm_shapes = {k: ((L,), f32 if k == "weights" else i32) for k in ("inputs", "targets", "weights", "target_bytes")}
     if name == "causal_lm":
@@ -301,6 +384,9 @@ def build(config, tok) -> Objective:
                 f"{obj.mask_token_frac + obj.random_token_frac} must be at most 1"
             )
         args = (obj.mask_rate, obj.mask_token_frac, obj.random_token_frac, word_starts(tok) if obj.whole_word else None)
+        if obj.nsp:  # [CLS] A [SEP] B [SEP]: L - 3 tokens, and twice that from elsewhere for a random B.
+            shapes = {**lm_shapes, "token_types": ((L,), i32), "nsp_labels": ((), i32)}
+            return Objective(name, L - 3, lambda w, rngs: nsp(w, rngs, tok, *args), shapes, random_len=2 * (L - 3))
         return Objective(name, L - 2, lambda w, rngs: mlm(w, rngs, tok, *args), lm_shapes)
 
     nd, msl = obj.noise_density, obj.mean_span_length

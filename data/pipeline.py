@@ -7,7 +7,9 @@ step n replays exactly the batches a run that never stopped would have seen.
 
 Train windows start at random offsets in the train stream. Validation batch i takes windows sequentially from the
 start of the val stream (row g of batch i is window i * B + g, wrapping around if the stream runs out), with
-masking/noise from a fixed rng per index, so every evaluation sees the same examples.
+masking/noise from a fixed rng per index, so every evaluation sees the same examples. An objective with a
+`random_len` (next-sentence prediction) also gets, per row, that many tokens from a uniformly random position of
+the same split whose span does not overlap the row's window (drawn from the row's rng after its offset).
 """
 
 import dataclasses
@@ -53,6 +55,16 @@ class Split:
         g = step * self.global_batch_size + np.arange(start, stop, dtype=np.int64)
         return (g % self.num_windows) * W
 
+    def _random_offsets(self, offsets: np.ndarray, rngs: list[np.random.Generator]) -> np.ndarray:
+        """Per row, the start of `random_len` tokens, uniform over the starts whose span misses the row's window."""
+        W, R, N = self.objective.window_len, self.objective.random_len, len(self.tokens)
+        out = np.empty(len(rngs), np.int64)
+        for i, (o, r) in enumerate(zip(offsets, rngs, strict=True)):
+            lo, hi = max(0, o - R + 1), min(N - R, o + W - 1)  # starts that would overlap [o, o + W)
+            x = r.integers(0, N - R + 1 - (hi - lo + 1))
+            out[i] = x + (hi - lo + 1) * (x >= lo)
+        return out
+
     def batch(self, step: int) -> dict[str, np.ndarray]:
         """This process's rows of global batch `step` (for val: evaluation batch `step`)."""
         if step < 0:
@@ -61,8 +73,11 @@ class Split:
         sid = SPLIT_IDS[self.name]
         rngs = [np.random.default_rng([self.seed, sid, step, g]) for g in range(start, stop)]
         offsets = self._offsets(step, rngs)
-        W = self.objective.window_len
+        W, R = self.objective.window_len, self.objective.random_len
         windows = np.asarray(self.tokens[offsets[:, None] + np.arange(W)], np.int32)
+        if R:
+            other = np.asarray(self.tokens[self._random_offsets(offsets, rngs)[:, None] + np.arange(R)], np.int32)
+            windows = np.concatenate([windows, other], axis=1)
         return self.objective(windows, rngs)
 
     def iterate(self, start_step: int, num_steps: int) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
@@ -151,7 +166,12 @@ class Data:
         return out
 
 
-def _check_size(split: str, n_tokens: int, window: int, batch_size: int) -> None:
+def _check_size(split: str, n_tokens: int, window: int, batch_size: int, random_len: int) -> None:
+    if random_len and n_tokens < window + 2 * random_len:
+        raise DataError(
+            f"the {split} split has {n_tokens} tokens, too few to draw next-sentence pairs (objective.nsp needs "
+            f"{window + 2 * random_len} at data.seq_len); lower data.seq_len or give the split more text"
+        )
     need = window * batch_size
     if n_tokens >= need:
         return
@@ -190,7 +210,7 @@ def build(config, process_index: int = 0, process_count: int = 1) -> Data:
     rows = (process_index * per, (process_index + 1) * per)
     splits = {}
     for name in ("train", "val"):
-        _check_size(name, len(corpus.tokens[name]), objective.window_len, B)
+        _check_size(name, len(corpus.tokens[name]), objective.window_len, B, objective.random_len)
         splits[name] = Split(
             name,
             corpus.tokens[name],

@@ -1,10 +1,12 @@
 """Print the batch a config produces at a step, decoded to text, to see what the model is trained on.
 
 Text mode shows each row's inputs and targets decoded ([MASK], sentinels and </s> visible, pad dropped) and the
-weighted positions. --json prints {"objective", "split", "step", "examples": [{"inputs": text, "targets": text,
-"inputs_ids": [...], "targets_ids": [...], "weights": [...], ...every other batch key...}]}.
+weighted positions; with next-sentence prediction also the label and the two segments A and B. --json prints
+{"objective", "split", "step", "examples": [{"inputs": text, "targets": text, "inputs_ids": [...],
+"targets_ids": [...], "weights": [...], ...every other batch key...}]} (with NSP also "segment_a", "segment_b").
 
   python -m data.show --config=experiments/configs/bert.py:tiny --step=3
+  python -m data.show --config=experiments/configs/bert.py:tiny --config.objective.nsp=True
   python -m data.show --config=experiments/configs/t5.py:tiny --split=val --examples=1 --json
 """
 
@@ -38,10 +40,19 @@ def examples(data, batch: dict, n: int) -> list[dict]:
     rows = []
     for i in range(min(n, len(batch[key]))):
         row = {"inputs": tok.decode(batch[key][i]), "targets": tok.decode(batch["targets"][i])}
+        if "nsp_labels" in batch:
+            row["segment_a"], row["segment_b"] = _segments(tok, batch, i)
         for k, v in batch.items():
             row[f"{k}_ids" if k in ("inputs", "targets") else k] = v[i].tolist()
         rows.append(row)
     return rows
+
+
+def _segments(tok, batch: dict, i: int) -> tuple[str, str]:
+    """Decoded targets of next-sentence row i: A (type 0 between [CLS] and [SEP]) and B (type 1 before [SEP])."""
+    targets, types = batch["targets"][i], batch["token_types"][i]
+    a = targets[: np.flatnonzero(types)[0]][1:-1]
+    return tok.decode(a), tok.decode(targets[types == 1][:-1])
 
 
 def _weighted(tok, batch: dict, i: int, limit: int = 40) -> str:
@@ -67,6 +78,9 @@ def render(data, objective: str, step: int, split: str, batch: dict, n: int) -> 
         lines.append(f"--- example {i}")
         if "prefix_len" in batch:
             lines.append(f"prefix_len: {row['prefix_len']}")
+        if "nsp_labels" in batch:
+            label = "1 IsNext (B follows A)" if row["nsp_labels"] else "0 NotNext (B from elsewhere)"
+            lines += [f"nsp_label: {label}", f"A: {row['segment_a']!r}", f"B: {row['segment_b']!r}"]
         lines.append(f"inputs:  {row['inputs']!r}")
         lines.append(f"targets: {row['targets']!r}")
         lines.append(f"weights: {_weighted(tok, batch, i)}")

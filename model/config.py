@@ -2,8 +2,8 @@
 
 Every field is a plain int/float/str/bool so a config round-trips through `dataclasses.asdict` and
 `ml_collections.ConfigDict` and can be overridden with `--config.model.<field>=<value>`. `0` means "derive it"
-where a field says so (n_kv_heads, head_dim, n_decoder_layers). Resolved values are properties (kv_heads, dh,
-decoder_layers, compute_dtype, weight_dtype).
+where a field says so (n_kv_heads, head_dim, n_decoder_layers, type_vocab_size). Resolved values are properties
+(kv_heads, dh, decoder_layers, type_vocab, compute_dtype, weight_dtype).
 """
 
 from __future__ import annotations
@@ -59,8 +59,9 @@ class ModelConfig:
     tie_embeddings: bool = True  # Output projection is the transposed token embedding table.
     scale_tied_logits: bool = False  # Multiply the final hidden states by d_model**-0.5 before the tied output.
     attention_scale: bool = True  # Divide attention scores by sqrt(head_dim) (T5 does not).
-    type_vocab_size: int = 0  # bert only: token-type (segment) embeddings (0 = none).
+    type_vocab_size: int = 0  # bert only: token-type (segment) embeddings (0 = none, or 2 with nsp_head).
     mlm_transform: bool = False  # bert only: dense + activation + norm before the output projection.
+    nsp_head: bool = False  # bert only: pooler (dense + tanh on [CLS]) and next-sentence head (objective.nsp).
     output_bias: bool = False  # Bias on the output projection.
     dtype: str = "float32"  # Compute dtype: 'float32', 'bfloat16' or 'auto' (bfloat16 on accelerators).
     param_dtype: str = "float32"  # Storage dtype of parameters: 'float32' or 'bfloat16'.
@@ -91,6 +92,11 @@ class ModelConfig:
     def decoder_layers(self) -> int:
         """t5 decoder blocks after resolving 0 to n_layers."""
         return self.n_decoder_layers or self.n_layers
+
+    @property
+    def type_vocab(self) -> int:
+        """bert token types after resolving 0 to 2 with nsp_head (segments A and B) and to none otherwise."""
+        return self.type_vocab_size or (2 if self.nsp_head else 0)
 
     @property
     def compute_dtype(self):
@@ -183,6 +189,9 @@ def _validate(c: ModelConfig) -> None:
         _fail(f"model.type_vocab_size={c.type_vocab_size} only applies to model.arch='bert': set it to 0")
     if c.arch != "bert" and c.mlm_transform:
         _fail("model.mlm_transform=True only applies to model.arch='bert': set it to False")
+    if c.arch != "bert" and c.nsp_head:
+        _fail(f"model.nsp_head=True (next-sentence prediction, set by objective.nsp) only applies to "
+              f"model.arch='bert', not {c.arch!r}: set objective.nsp=False")
     if c.scale_tied_logits and not c.tie_embeddings:
         _fail("model.scale_tied_logits=True needs model.tie_embeddings=True: set scale_tied_logits=False")
     if not 0 <= c.pad_id < c.vocab_size:

@@ -14,7 +14,8 @@ FLOP conventions (`flops_per_example`, `flops_per_token`, `training_flops_per_st
   holds with model.attention_window, which is a mask, so the counts ignore it);
   `attention_causal` / `forward_causal` count only the (q, k <= q) pairs, L*(L+1)/2, the "useful" work.
 - Head: the vocabulary projection 2*D*V at every position the model applies it to (all L positions for gpt/bert,
-  all T decoder positions for t5), whatever the loss weights.
+  all T decoder positions for t5), whatever the loss weights; with BERT's nsp_head also the pooler 2*D*D and the
+  next-sentence projection 2*D*2, once per example (on [CLS]).
 - Training = 3 x forward (the backward pass costs twice the forward: gradients w.r.t. activations and weights).
   Rematerialisation (model.remat) recomputes the forward and is NOT included: these are model FLOPs, not
   hardware FLOPs.
@@ -93,6 +94,8 @@ def _head_groups(cfg: ModelConfig) -> list[tuple[str, int]]:
         out.append(("head/lm_head", D * V))  # No bias on the projection itself; see output_bias.
     if cfg.output_bias:
         out.append(("head/bias", V))
+    if cfg.nsp_head:
+        out += [("pooler", _dense(cfg, D, D)), ("nsp", _dense(cfg, D, 2))]
     return out
 
 
@@ -104,8 +107,8 @@ def param_breakdown(cfg: ModelConfig, per_layer: bool = False) -> list[tuple[str
     Zero-size groups are left out.
     """
     out = [("embed", cfg.vocab_size * cfg.d_model)]
-    if cfg.arch == "bert" and cfg.type_vocab_size:
-        out.append(("type_embed", cfg.type_vocab_size * cfg.d_model))
+    if cfg.arch == "bert" and cfg.type_vocab:
+        out.append(("type_embed", cfg.type_vocab * cfg.d_model))
     if cfg.arch == "gpt":
         out += _stack_groups(cfg, "decoder", cfg.n_layers, cross=False, per_layer=per_layer)
     elif cfg.arch == "bert":
@@ -125,7 +128,8 @@ def param_count(cfg: ModelConfig) -> int:
 def matmul_param_count(cfg: ModelConfig) -> int:
     """Weights used as matmul operands once per token: every kernel plus the output projection (the tied table
     counts here as the head). Excludes biases, norms, position tables and the embedding lookup; the 'N' of the
-    6N rule: for gpt/bert, forward `dense + head` FLOPs per token are exactly 2 * this."""
+    6N rule: for gpt/bert, forward `dense + head` FLOPs per token are exactly 2 * this (plus, with nsp_head, the
+    once-per-example pooler and NSP matmuls, which are not per-token weights and are left out here)."""
     D, H, K, Dh, F = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.dh, cfg.d_ff
     attn = D * (H + 2 * K) * Dh + H * Dh * D
     mlp = (3 if cfg.mlp in _GATED else 2) * D * F
@@ -176,8 +180,8 @@ def flops_per_example(cfg: ModelConfig, seq_len: int, target_len: int | None = N
 
     seq_len is L for gpt/bert and the encoder length S for t5; target_len is the t5 decoder length T.
     Keys: tokens (L or S + T), dense, attention (full squares), attention_causal (only key <= query in causal
-    stacks), head (MLM transform + vocabulary projection), forward = dense + attention + head,
-    forward_causal = dense + attention_causal + head, train = 3 * forward.
+    stacks), head (MLM transform + vocabulary projection + NSP pooler and projection), forward = dense +
+    attention + head, forward_causal = dense + attention_causal + head, train = 3 * forward.
     """
     S, T = _lengths(cfg, seq_len, target_len)
     dense = attn = attn_causal = 0
@@ -199,6 +203,8 @@ def flops_per_example(cfg: ModelConfig, seq_len: int, target_len: int | None = N
     head = 2 * head_tokens * cfg.d_model * cfg.vocab_size
     if cfg.mlm_transform:
         head += 2 * head_tokens * cfg.d_model * cfg.d_model
+    if cfg.nsp_head:  # Pooler and next-sentence projection on the one [CLS] state.
+        head += 2 * cfg.d_model * cfg.d_model + 2 * cfg.d_model * 2
     forward = dense + attn + head
     return {
         "tokens": float(S + T),

@@ -1,5 +1,6 @@
 """Triad -> Hugging Face: a GPT-2, BERT or T5 (v1.0 / v1.1) with the published layer choices written as a
-transformers model directory (config.json + model.safetensors), the inverse of model/hf_import.py.
+transformers model directory (config.json + model.safetensors), the inverse of model/hf_import.py. A BERT with
+model.nsp_head is written as BertForPreTraining (pooler and next-sentence head included).
 
   python -m model.hf_export --workdir=runs/gpt2-hf --hf_dir=OUT
 
@@ -20,9 +21,10 @@ import numpy as np
 from model import hf_import as hf
 from model.config import ModelConfig, from_dict
 
-# Fields that do not change what the weights compute (or that HF cannot hold): not checked on export.
+# Fields that do not change what the weights compute (or that HF cannot hold), or that the tensors rather than
+# config.json carry (nsp_head: the pooler and seq_relationship tensors): not checked on export.
 _NOT_CHECKED = ("dtype", "param_dtype", "attention_impl", "remat", "scan_layers", "init_std", "dropout",
-                "attention_dropout")
+                "attention_dropout", "nsp_head")
 
 
 class HFExportError(ValueError):
@@ -48,7 +50,8 @@ def _t5_proj(cfg: ModelConfig) -> str:
 def hf_config(cfg: ModelConfig) -> dict:
     """The transformers config.json describing cfg (not checked: see `check`)."""
     family = hf.FAMILY_OF_ARCH[cfg.arch]
-    c = {"model_type": family.model_type, "architectures": [family.architecture], "vocab_size": cfg.vocab_size,
+    architecture = "BertForPreTraining" if cfg.nsp_head else family.architecture  # MLM + next-sentence heads.
+    c = {"model_type": family.model_type, "architectures": [architecture], "vocab_size": cfg.vocab_size,
          "dtype": "float32", "torch_dtype": "float32"}
     if cfg.arch == "gpt":
         c.update(n_embd=cfg.d_model, n_head=cfg.n_heads, n_inner=cfg.d_ff, n_layer=cfg.n_layers,

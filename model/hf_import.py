@@ -1,5 +1,6 @@
-"""Hugging Face checkpoints -> Triad: GPT-2 (GPT2LMHeadModel), BERT (BertForMaskedLM) and T5
-(T5ForConditionalGeneration, v1.0 and v1.1) from a model directory holding config.json and model.safetensors.
+"""Hugging Face checkpoints -> Triad: GPT-2 (GPT2LMHeadModel), BERT (BertForMaskedLM; a BertForPreTraining file
+also gives the pooler and next-sentence head, model.nsp_head) and T5 (T5ForConditionalGeneration, v1.0 and v1.1)
+from a model directory holding config.json and model.safetensors.
 
   python -m model.hf_import --hf_dir=PATH --workdir=runs/gpt2-hf
 
@@ -37,12 +38,14 @@ class Tensor:
     """One HF tensor and the Triad parameter path(s) ('/'-separated) it holds.
 
     Several paths: a fused tensor (GPT-2's c_attn) split evenly on its last axis. linear: a torch nn.Linear
-    weight, stored (out, in), so transposed; GPT-2's Conv1D weights are already (in, out).
+    weight, stored (out, in), so transposed; GPT-2's Conv1D weights are already (in, out). reverse: the output
+    axis is in the opposite order (BERT's NSP head: HF's class 0 is IsNext, Triad's class 1).
     """
 
     hf: str
     ours: tuple[str, ...]
     linear: bool = False
+    reverse: bool = False
 
 
 def _n_in(path: str) -> int:
@@ -68,6 +71,7 @@ def to_ours(t: Tensor, x: np.ndarray, shapes: dict[str, tuple[int, ...]]) -> dic
     """HF tensor -> {Triad path: float32 array}."""
     x = np.asarray(x, np.float32)
     x = x.T if t.linear else x
+    x = x[..., ::-1] if t.reverse else x
     sizes = [_flat(shapes[p], _n_in(p))[-1] for p in t.ours]
     pieces = np.split(x, np.cumsum(sizes)[:-1], axis=-1)
     return {p: np.ascontiguousarray(piece.reshape(shapes[p])) for p, piece in zip(t.ours, pieces, strict=True)}
@@ -77,6 +81,7 @@ def to_hf(t: Tensor, arrays: dict[str, np.ndarray]) -> np.ndarray:
     """{Triad path: array} -> the HF tensor (float32)."""
     parts = [np.asarray(arrays[p], np.float32).reshape(_flat(np.shape(arrays[p]), _n_in(p))) for p in t.ours]
     x = np.concatenate(parts, axis=-1)
+    x = x[..., ::-1] if t.reverse else x
     return np.ascontiguousarray(x.T if t.linear else x)
 
 
@@ -127,6 +132,10 @@ def _bert_layout(cfg: ModelConfig) -> list[Tensor]:
     ts += [*_dense(p + "transform.dense", "head/transform", cfg), *_norm(p + "transform.LayerNorm",
                                                                          "head/transform_norm", cfg),
            Tensor(p + "decoder.bias", ("head/bias",))]
+    if cfg.nsp_head:  # BertForPreTraining's pooler and next-sentence head.
+        ts += [*_dense("bert.pooler.dense", "pooler", cfg),
+               Tensor("cls.seq_relationship.weight", ("nsp/kernel",), linear=True, reverse=True)]
+        ts += [Tensor("cls.seq_relationship.bias", ("nsp/bias",), reverse=True)] if cfg.use_bias else []
     return ts if cfg.tie_embeddings else ts + [Tensor(p + "decoder.weight", ("head/lm_head/kernel",), True)]
 
 
@@ -275,6 +284,7 @@ class Family:
     head: str  # Output projection tensor (a copy of `embedding`, or absent, when tied).
     aliases: dict[str, str]  # Tied copies: alias -> canonical name (used if the canonical name is absent).
     ignored: tuple[str, ...]  # Regexes of tensors HF keeps that do not affect the logits.
+    nsp_head: tuple[str, ...] = ()  # Tensors whose presence means the file has a next-sentence head to read.
 
 
 FAMILIES = {f.model_type: f for f in (
@@ -286,8 +296,9 @@ FAMILIES = {f.model_type: f for f in (
            # The decoder's bias is the one forward() adds; transformers ties predictions.bias to it and often
            # saves only that copy.
            {"cls.predictions.bias": "cls.predictions.decoder.bias"},
-           (r"bert\.pooler\..*",  # Pooler and next-sentence head (BertForPreTraining): not in the MLM logits.
-            r"cls\.seq_relationship\..*", r"bert\.embeddings\.(position_ids|token_type_ids)")),  # Buffers.
+           (r"bert\.pooler\..*",  # A partial pooler / next-sentence head (see nsp_head): not in the MLM logits.
+            r"cls\.seq_relationship\..*", r"bert\.embeddings\.(position_ids|token_type_ids)"),  # Buffers.
+           ("bert.pooler.dense.weight", "cls.seq_relationship.weight")),
     Family("t5", "t5", "T5ForConditionalGeneration",
            lambda c: "t5.1.1-small" if c.mlp in ("geglu", "swiglu") else "t5-small", _T5_DEFAULTS, _t5_config,
            _t5_layout, lambda n: n, "shared.weight", "lm_head.weight",
@@ -402,6 +413,8 @@ def convert(c: dict, family: Family, tensors: dict[str, np.ndarray], where: str 
         ignored.append(family.head)
         found.pop(family.head)
     cfg = config_from_hf(c, bool(tie), os.path.join(os.path.dirname(where), "config.json"))
+    if family.nsp_head and all(n in found for n in family.nsp_head):  # BertForPreTraining: read its NSP head too.
+        cfg = cfg.replace(nsp_head=True)
 
     layout = family.layout(cfg)
     shapes = abstract_shapes(cfg)

@@ -2,7 +2,8 @@
 pmap) and prints the train losses and a few parameter shardings as JSON, for tests/test_parallel.py.
 
   XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m tests.mesh_worker ARCH DIR STEPS SETTING...
-SETTING is `one` (a 1-device mesh), `pmap`, or mesh sizes like `data=2,fsdp=2,tensor=2`.
+SETTING is `one` (a 1-device mesh), `pmap`, or mesh sizes like `data=2,fsdp=2,tensor=2`. ARCH `bert+nsp` is bert
+with objective.nsp.
 """
 
 import json
@@ -16,7 +17,8 @@ from train import loop
 
 
 def run(arch: str, directory: str, steps: int, setting: str) -> dict:
-    config = helpers.tiny_config(arch, directory, **{"train.steps": steps})
+    arch, _, extra = arch.partition("+")
+    config = helpers.tiny_config(arch, directory, **{"train.steps": steps, "objective.nsp": extra == "nsp"})
     devices = None
     if setting == "one":
         devices = jax.devices()[:1]

@@ -152,6 +152,7 @@ def test_rows_depend_only_on_their_own_rng(name):
                 whole_word=False,
                 noise_density=0.15,
                 mean_span_length=3.0,
+                nsp=False,
             ),
             data=dict(seq_len=48, target_len=0),
         )

@@ -70,3 +70,15 @@ def test_show_data_error_is_one_line(env):
     assert [line for line in r.stderr.splitlines() if line.startswith("error:")] == [
         "error: data.train_files: 'no/such/*.txt' matched no files; pass existing paths or globs (comma-separated)"
     ]
+
+
+def test_show_next_sentence_pairs(env, small_flags):
+    args = ["--config=experiments/configs/bert.py:tiny", "--config.objective.nsp=True", "--examples=8", *small_flags]
+    r = show([*args, "--json"], env)
+    assert r.returncode == 0, r.stderr
+    examples = json.loads(r.stdout)["examples"]
+    assert {"segment_a", "segment_b", "token_types", "nsp_labels"} <= set(examples[0])
+    assert {ex["nsp_labels"] for ex in examples} == {0, 1}
+    text = show(args, env).stdout
+    assert "nsp_label: 1 IsNext (B follows A)" in text and "nsp_label: 0 NotNext" in text
+    assert "\nA: '" in text and "\nB: '" in text

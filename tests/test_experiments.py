@@ -14,7 +14,7 @@ from ml_collections import config_flags
 from experiments import compare, hardware, report, suites, sweep
 from tests import helpers
 
-ABLATIONS = ["position", "norm", "mlp", "attention", "size"]
+ABLATIONS = ["position", "norm", "mlp", "attention", "size", "nsp"]
 
 
 # ---------------------------------------------------------------------------------------------- suites, budgets

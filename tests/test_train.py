@@ -107,7 +107,8 @@ def built(tmp_path_factory):
 
     d = str(tmp_path_factory.mktemp("built"))
     configs = {arch: helpers.tiny_config(arch, d) for arch in ARCHS}
-    return {arch: (configs[arch], *loop.build(configs[arch])) for arch in ARCHS}
+    configs["bert+nsp"] = helpers.tiny_config("bert", d, **{"objective.nsp": True})
+    return {name: (config, *loop.build(config)) for name, config in configs.items()}
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -123,7 +124,7 @@ def test_initial_loss_is_log_vocab(built, arch):
     assert 0 < out["eval/bits_per_byte"] < 20
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", [*ARCHS, "bert+nsp"])
 def test_microbatches_equal_one_big_batch(built, arch):
     config, data, mcfg, model, runner = built[arch]
     config = config.copy_and_resolve_references()
@@ -199,6 +200,7 @@ def _main(args, cwd, devices=1):
     ("--config.data.train_files=/no/such/file.txt", "data.train_files"),
     ("--config.train.no_such_field=3", "no_such_field"),
     ("--config.train.batch_size=7", "train.batch_size"),
+    ("--config.objective.nsp=True", "objective.nsp=True"),
 ])
 def test_main_bad_input_is_one_line(tmp_path, flag, expect):
     corpus = helpers.small_corpus(str(tmp_path))

@@ -198,7 +198,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     def consume(step, metrics):
         nonlocal window, window_steps, window_t0, last_train
         m = jax.device_get(metrics)
-        sums = {k: m[k] for k in losses.SUM_KEYS}
+        sums = {k: m[k] for k in (*losses.SUM_KEYS, *losses.NSP_KEYS) if k in m}
         if tc.nonfinite == "stop":
             metrics_lib.check_finite(step, {"train/loss": float(sums["loss"]) / max(float(sums["weight"]), 1e-9),
                                             "opt/grad_norm": float(m["grad_norm"])}, last_ckpt)

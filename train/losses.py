@@ -13,6 +13,8 @@ import numpy as np
 
 # Keys of the sums every step returns; `weight` is the denominator of the per-token averages.
 SUM_KEYS = ("loss", "nll", "z_loss", "correct", "weight", "bytes")
+# Added when the batch has next-sentence labels: per-example sums, `nsp_examples` their denominator.
+NSP_KEYS = ("nsp_loss", "nsp_correct", "nsp_examples")
 
 
 def cross_entropy(
@@ -57,6 +59,12 @@ def cross_entropy(
     return sums
 
 
+def nsp_sums(logits_Bx2: jax.Array, labels_B: jax.Array) -> dict[str, jax.Array]:
+    """NSP_KEYS: summed cross-entropy (nats) and correct argmax of the (B, 2) next-sentence logits, and B."""
+    s = cross_entropy(logits_Bx2[:, None], labels_B[:, None], jnp.ones(labels_B.shape + (1,), jnp.float32))
+    return {"nsp_loss": s["nll"], "nsp_correct": s["correct"], "nsp_examples": s["weight"]}
+
+
 # Classification metrics (fine-tuning).
 def confusion(logits_BxLxC: jax.Array, targets_BxL: jax.Array, weights_BxL: jax.Array) -> jax.Array:
     """(C, C) float32 summed weights of the positions with target t (row) and argmax prediction p (column)."""
@@ -83,7 +91,11 @@ def classification_metrics(confusion_CxC, prefix: str) -> dict[str, float]:
 
 def summarize(sums: dict[str, float], prefix: str) -> dict[str, float]:
     """Host-side averages from summed metrics: loss, accuracy, perplexity and bits per byte (and, given confusion
-    counts, the classification metrics)."""
+    counts, the classification metrics; given NSP sums, nsp_loss and nsp_accuracy per example).
+
+    With NSP, `loss` is the objective the step minimises (MLM mean + NSP mean, see train/step.py; summed over
+    several batches, each batch's NSP mean counts in proportion to its token weight) while nll, accuracy,
+    perplexity and bits per byte stay the MLM's alone."""
     weight = max(float(sums["weight"]), 1e-9)
     nll = float(sums["nll"]) / weight
     out = {
@@ -97,6 +109,10 @@ def summarize(sums: dict[str, float], prefix: str) -> dict[str, float]:
         out[f"{prefix}/z_loss"] = float(sums["z_loss"]) / weight
     if float(sums.get("bytes", 0.0)) > 0:
         out[f"{prefix}/bits_per_byte"] = float(sums["nll"]) / (math.log(2) * float(sums["bytes"]))
+    if "nsp_examples" in sums:
+        examples = max(float(sums["nsp_examples"]), 1e-9)
+        out[f"{prefix}/nsp_loss"] = float(sums["nsp_loss"]) / examples
+        out[f"{prefix}/nsp_accuracy"] = float(sums["nsp_correct"]) / examples
     if "confusion" in sums:
         out.update(classification_metrics(sums["confusion"], prefix))
     return out

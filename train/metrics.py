@@ -80,7 +80,8 @@ class Writer:
 
     def _show(self, step: int, s: dict[str, float]) -> None:
         parts = [f"{k.split('/', 1)[-1] if k.startswith('train/') else k}={_fmt(v)}" for k, v in s.items()
-                 if k in ("train/loss", "eval/loss", "eval/accuracy", "eval/bits_per_byte", "perf/tokens_per_sec")]
+                 if k in ("train/loss", "eval/loss", "eval/accuracy", "eval/nsp_accuracy", "eval/bits_per_byte",
+                          "perf/tokens_per_sec")]
         if self.bar and self.total:
             frac = min(step / self.total, 1.0)
             bar = "#" * int(30 * frac) + "-" * (30 - int(30 * frac))

@@ -35,10 +35,17 @@ def get_config(arch: str, variant: str) -> ml_collections.ConfigDict:
         config = base_config(arch, "small")
         config.model = model_dict(variant)
         config.model.max_len = max(config.model.max_len, config.data.seq_len)
-        return config
+        return link_objective(config)
     if variant not in SIZES:
         raise ValueError(f"unknown variant {variant!r} for {arch}; choose one of {[*SIZES, *PUBLISHED[arch]]}")
     return base_config(arch, variant)
+
+
+def link_objective(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Makes model.nsp_head one value with objective.nsp (a FieldReference: setting either sets both), so every
+    ModelConfig made from config.model has the head exactly when the objective trains it."""
+    c.model.nsp_head = c.objective.get_ref("nsp")
+    return c
 
 
 def base_config(arch: str, size: str = "tiny") -> ml_collections.ConfigDict:
@@ -69,6 +76,7 @@ def base_config(arch: str, size: str = "tiny") -> ml_collections.ConfigDict:
     c.objective.mask_token_frac = 0.8  # mlm: of the selected, fraction replaced by [MASK].
     c.objective.random_token_frac = 0.1  # mlm: of the selected, fraction replaced by a random token.
     c.objective.whole_word = False  # mlm: select whole words (all their pieces, one 80/10/10 draw per word).
+    c.objective.nsp = False  # bert: add next-sentence prediction on [CLS] A [SEP] B [SEP] pairs (sets model.nsp_head).
     c.objective.noise_density = 0.15  # span_corruption: fraction of tokens inside noise spans.
     c.objective.mean_span_length = 3.0  # span_corruption: mean length of a noise span.
     c.objective.label_smoothing = 0.0  # Cross-entropy label smoothing.
@@ -76,6 +84,7 @@ def base_config(arch: str, size: str = "tiny") -> ml_collections.ConfigDict:
 
     c.model = model_dict(size, arch=arch)  # Fields of model.config.ModelConfig (vocab_size comes from the tokenizer).
     c.model.max_len = max(c.model.max_len, s["seq_len"])
+    link_objective(c)
 
     c.train = ml_collections.ConfigDict()
     c.train.steps = s["steps"]  # Optimizer updates in the run.
