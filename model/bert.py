@@ -49,11 +49,15 @@ class BERT(nn.Module):
             x = x + self.type_embed(jnp.zeros_like(inputs) if token_types is None else token_types)
         return self.encoder(x, key_valid=inputs != self.cfg.pad_id, train=train)
 
+    def mlm_logits(self, h_BxLxD: jax.Array) -> jax.Array:
+        """(B, L, V) float32 MLM logits of final hidden states (the output head, tied to the embedding or not)."""
+        return self.head(h_BxLxD, self.embed.embedding if self.cfg.tie_embeddings else None)
+
     def mlm_and_nsp(self, inputs: jax.Array, *, token_types: jax.Array | None = None,
                     train: bool = False) -> tuple[jax.Array, jax.Array | None]:
         """(B, L, V) float32 MLM logits and (B, 2) float32 NSP logits (index 1 = IsNext; None without nsp_head)."""
         h_BxLxD = self.features(inputs, token_types=token_types, train=train)
-        logits_BxLxV = self.head(h_BxLxD, self.embed.embedding if self.cfg.tie_embeddings else None)
+        logits_BxLxV = self.mlm_logits(h_BxLxD)
         if not self.cfg.nsp_head:
             return logits_BxLxV, None
         pooled_BxD = jnp.tanh(self.pooler(h_BxLxD[:, 0]))

@@ -84,7 +84,7 @@ def pseudo_scores(model, params, contexts: list[list[int]], targets: list[list[i
         def logits_at(module, ids_BxL, where_B):
             h_BxLxD = module.features(ids_BxL)
             h_Bx1xD = jnp.take_along_axis(h_BxLxD, where_B[:, None, None], axis=1)
-            return module.head(h_Bx1xD, module.embed.embedding if module.cfg.tie_embeddings else None)[:, 0]
+            return module.mlm_logits(h_Bx1xD)[:, 0]  # the head only where a token was masked
     else:
         def logits_at(module, ids_BxS, where_B):
             decoder_Bx2 = jnp.stack([jnp.zeros_like(where_B), jnp.full_like(where_B, mask_id)], axis=1)
