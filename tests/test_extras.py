@@ -165,6 +165,36 @@ def test_int8_eval_loss_is_within_two_percent_of_float(gpt_workdir):
     assert any("int8 loss change" in line for line in evaluate.report(r))
 
 
+def test_shuffled_encoder_loss_matches_a_direct_forward_pass(gpt_workdir, tmp_path):
+    """train.evaluate --shuffle_encoder: the loss of the same targets with row i's encoder input taken from row i+1,
+    against model.apply on hand-rolled inputs; refused for a model without an encoder."""
+    import optax
+
+    from data import pipeline
+    from tests.helpers import tiny_config
+    from train import errors, evaluate, loop
+    from train.workdir import load_workdir
+
+    wd = str(tmp_path / "t5")
+    loop.train_and_evaluate(tiny_config("t5", str(tmp_path / "data")), wd)
+    r = evaluate.evaluate_workdir(wd, eval_steps=1, shuffle_encoder=True)
+    config, _, model, params, _ = load_workdir(wd)
+    b = pipeline.build(config).val.batch(0)
+
+    def loss(encoder_inputs):
+        logits = model.apply({"params": params}, encoder_inputs, b["decoder_inputs"])
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, b["targets"])
+        return float((ce * b["weights"]).sum() / b["weights"].sum())
+
+    rolled = np.concatenate([b["encoder_inputs"][1:], b["encoder_inputs"][:1]])
+    np.testing.assert_allclose([r["float/loss"], r["shuffled/loss"]], [loss(b["encoder_inputs"]), loss(rolled)],
+                               rtol=1e-5)
+    assert r["shuffled/loss"] != r["float/loss"]
+    assert any("encoder use" in line for line in evaluate.report(r))
+    with pytest.raises(errors.UserError, match="encoder-decoder"):
+        evaluate.evaluate_workdir(gpt_workdir, shuffle_encoder=True)
+
+
 def test_embedding_neighbours_and_analogy(gpt_workdir):
     from train import sample
 
