@@ -11,11 +11,19 @@ nearest their boundary, taking from the longer side first):
   bert  [CLS] a [SEP] b [SEP]     token_types 0 up to the first [SEP], 1 after; the [CLS] state is pooled
   gpt   a [SEP] b                 lengths = real tokens; the state of the last one is pooled
   t5    a [SEP] b </s> (encoder)  the encoder output is mean-pooled; decoder_inputs (B, 1) = the start token is
-                                  carried only so the loop's FLOP count sees an encoder-decoder batch
+                                  carried only so the loop's FLOP count sees an encoder-decoder batch; with
+                                  task.t5_states='decoder' decoder_inputs = start + the encoder row, and lengths
+                                  its real positions
 A batch holds the model inputs plus `targets` (B, 1) int32 label ids and `weights` (B, 1) float32, so the one train
 step and `losses.cross_entropy` need no change. Train batch `step` is a pure function of (seed, step): example
 step * B + g of an endless sequence of shuffled epochs. Validation batch i holds examples i * B .. i * B + B - 1;
 rows past the end repeat example 0 with weight 0, and `train.eval_steps = 0` means every validation batch once.
+
+Probe examples shuffle in groups: their source document's positive and negative stay adjacent, so with an even
+batch size they share every batch. The two texts differ only in a swapped word pair or in b, so within a batch the
+pair's gradient is that difference; shuffled apart, it drowns in the variation between documents. With examples
+shuffled one by one no model learned a probe in 600 steps (all at chance, 0.49-0.52); with the pairs together the
+default comparison's GPT reaches 0.69 on word_order and 0.57 on next_sentence (experiments/probes.py).
 """
 
 from __future__ import annotations
@@ -51,6 +59,7 @@ class Example:
     text_b: str | None
     label: str | int
     where: str
+    group: int | None = None  # probes: the source document (its positive and negative share it)
 
 
 def parse_record(record, where: str) -> Example:
@@ -133,8 +142,10 @@ def _fit_pair(na: int, nb: int, budget: int) -> tuple[int, int]:
     return ka, min(nb, budget - ka)
 
 
-def encode(examples: list[Example], tok, arch: str, seq_len: int) -> tuple[dict[str, np.ndarray], int]:
-    """Model inputs of every example (see the module docstring) and how many were truncated."""
+def encode(examples: list[Example], tok, arch: str, seq_len: int,
+           t5_decoder: bool = False) -> tuple[dict[str, np.ndarray], int]:
+    """Model inputs of every example (see the module docstring) and how many were truncated; t5_decoder: the text
+    goes to T5's decoder too (task.t5_states='decoder')."""
     if arch not in ARCHS:
         raise DataError(f"model.arch={arch!r} cannot be fine-tuned; choose one of {list(ARCHS)}")
     N, L = len(examples), seq_len
@@ -170,8 +181,12 @@ def encode(examples: list[Example], tok, arch: str, seq_len: int) -> tuple[dict[
         inputs = {"inputs": ids, "token_types": types}
     elif arch == "gpt":
         inputs = {"inputs": ids, "lengths": lengths}
-    else:
+    elif not t5_decoder:
         inputs = {"encoder_inputs": ids, "decoder_inputs": np.zeros((N, 1), np.int32)}
+    else:  # the start token (0), then the encoder's text; lengths counts the start token
+        decoder = np.concatenate([np.zeros((N, 1), np.int32), ids[:, :-1]], axis=1)
+        decoder[np.arange(L)[None, :] > lengths[:, None]] = tok.pad_id
+        inputs = {"encoder_inputs": ids, "decoder_inputs": decoder, "lengths": np.minimum(lengths + 1, L)}
     return inputs, truncated
 
 
@@ -184,9 +199,12 @@ class Split:
     seed: int
     global_batch_size: int
     rows: tuple[int, int]  # [start, stop) of this process's rows in the global batch
+    groups: np.ndarray | None = None  # (N,) ids, nondecreasing: the shuffle keeps each group's examples adjacent
 
     def __post_init__(self):
         self._perms: dict[int, np.ndarray] = {}
+        if self.groups is not None and (len(self.groups) != self.num_examples or np.any(np.diff(self.groups) < 0)):
+            raise ValueError("Split.groups must hold one nondecreasing id per example")
 
     @property
     def num_examples(self) -> int:
@@ -202,7 +220,12 @@ class Split:
             if len(self._perms) > 4:
                 self._perms.clear()
             rng = np.random.default_rng([self.seed, SPLIT_IDS[self.name], epoch])
-            self._perms[epoch] = rng.permutation(self.num_examples)
+            if self.groups is None:
+                self._perms[epoch] = rng.permutation(self.num_examples)
+            else:  # shuffle whole groups; members keep their order
+                starts = np.flatnonzero(np.r_[True, np.diff(self.groups) != 0])
+                members = np.split(np.arange(self.num_examples), starts[1:])
+                self._perms[epoch] = np.concatenate([members[g] for g in rng.permutation(len(members))])
         return self._perms[epoch]
 
     def batch(self, step: int) -> dict[str, np.ndarray]:
@@ -328,8 +351,8 @@ def load_examples(config) -> tuple[list[Example], list[Example], object, str]:
         texts = [t for e in train for t in (e.text_a, e.text_b) if t]
         return train, val, _tokenizer(data, texts), ", ".join(map(str, train_files))
     built = probes.build(data, task)
-    parts = {p: [parse_record(r, f"{task.name} probe ({p}) example {n}") for n, r in enumerate(built[p])]
-             for p in ("train", "eval")}
+    parts = {p: [dataclasses.replace(parse_record(r, f"{task.name} probe ({p}) example {n}"), group=r["source"])
+                 for n, r in enumerate(built[p])] for p in ("train", "eval")}
     tok = corpus_lib.load(data).tokenizer  # the pretraining run's tokenizer (cached): same ids as its model
     return parts["train"], parts["eval"], tok, f"the {task.name} probe"
 
@@ -345,6 +368,8 @@ def build(config, process_index: int = 0, process_count: int = 1) -> Data:
     if config.data.seq_len < 4:
         raise DataError(f"data.seq_len={config.data.seq_len} is too short for classification; use at least 4")
     inherit_pretrained(config)
+    if config.task.dropout >= 0:  # the recipe's dropout, over whatever the model was pretrained with
+        config.model.dropout = config.task.dropout
     train, val, tok, source = load_examples(config)
     for name, cap in (("train", config.task.max_train_examples), ("val", config.task.max_eval_examples)):
         if cap < 0:
@@ -362,10 +387,12 @@ def build(config, process_index: int = 0, process_count: int = 1) -> Data:
     rows = (process_index * per, (process_index + 1) * per)
     splits, truncated = {}, {}
     for name, examples in (("train", train), ("val", val)):
-        arrays, truncated[name] = encode(examples, tok, config.model.arch, config.data.seq_len)
+        arrays, truncated[name] = encode(examples, tok, config.model.arch, config.data.seq_len,
+                                         config.task.t5_states == "decoder")
         arrays["targets"] = label_ids(examples, labels, source)[:, None]
         arrays["weights"] = np.ones((len(examples), 1), np.float32)
-        splits[name] = Split(name, arrays, config.seed, B, rows)
+        groups = None if any(e.group is None for e in examples) else np.array([e.group for e in examples])
+        splits[name] = Split(name, arrays, config.seed, B, rows, groups)
     if config.train.eval_steps < 0:
         raise DataError(f"train.eval_steps={config.train.eval_steps} must be >= 0 (0 = the whole validation set)")
     if config.train.eval_steps == 0:

@@ -4,7 +4,9 @@ The source documents are the validation split exactly as data/corpus.py makes it
 data.val_fraction of documents with the smallest content hashes). They are divided again, by a differently salted
 content hash, into probe-train and probe-eval sources (task.eval_fraction of them to eval), so the two parts never
 share a source document. Every usable source document gives one positive and one negative example, so both parts
-are exactly balanced. Records have the data/classify.py format ({"text": ...} or {"text_a", "text_b"}, "label").
+are exactly balanced. Records have the data/classify.py format ({"text": ...} or {"text_a", "text_b"}, "label"),
+plus "source": the index of the source document, which the positive and its negative share (fine-tuning keeps
+them in one batch, data/classify.py).
 
   next_sentence  Each document is cut in two at the boundary nearest its middle, preferring a line break, then a
                  sentence end (.?!), a clause end (;:), a comma, any space. a = the first part (its last
@@ -107,15 +109,15 @@ def next_sentence(docs: list[str], rng: np.random.Generator, max_words: int) -> 
         if not others:
             continue  # no negative with the same surface signature: leave the document out (keeps balance)
         j = others[int(rng.integers(len(others)))]
-        out.append({"text_a": a, "text_b": b, "label": 1})
-        out.append({"text_a": a, "text_b": cuts[j][1], "label": 0})
+        out.append({"text_a": a, "text_b": b, "label": 1, "source": i})
+        out.append({"text_a": a, "text_b": cuts[j][1], "label": 0, "source": i})
     return out
 
 
 def word_order(docs: list[str], rng: np.random.Generator, max_words: int, swaps: int = 1) -> list[dict]:
     """The intact text and the same text with `swaps` disjoint adjacent pairs swapped, per usable document."""
     out = []
-    for d in docs:
+    for i, d in enumerate(docs):
         words = d.split()[:max_words]
         spots = [k for k in range(1, len(words) - 1)
                  if words[k].isalpha() and words[k + 1].isalpha() and words[k].lower() != words[k + 1].lower()]
@@ -131,8 +133,8 @@ def word_order(docs: list[str], rng: np.random.Generator, max_words: int, swaps:
             used |= {k, k + 1}
         if len(used) < 2 * swaps:
             continue
-        out.append({"text": " ".join(words), "label": 1})
-        out.append({"text": " ".join(swapped), "label": 0})
+        out.append({"text": " ".join(words), "label": 1, "source": i})
+        out.append({"text": " ".join(swapped), "label": 0, "source": i})
     return out
 
 

@@ -15,10 +15,16 @@ Pooling (which (D,) vector stands for the example; config task.pooling; the arch
         alternative; it is input-invariant after span-corruption pretraining (it always predicts <extra_id_0>:
         measured spread across examples 2.6% of its size, against 8% for BERT's [CLS] and 76% for GPT's last
         token), so a short fine-tune starts from a constant feature; Sentence-T5 (Ni et al., 2021) likewise found
-        encoder mean-pooling the better T5 sentence representation. The decoder's parameters are not used.
+        encoder mean-pooling the better T5 sentence representation. The decoder's parameters are not used. With
+        t5_states='decoder' (task.t5_states) it reads the decoder instead, as BART classifies: the encoder gets the
+        text, the decoder [start] + the same text (inputs `decoder_inputs` and `lengths`, the real decoder
+        positions), and pooling runs over the decoder's final states. After span corruption at the default
+        comparison's budget the decoder ignores the encoder (train.evaluate --shuffle_encoder), so this is where a
+        briefly trained T5 keeps what it learned; the probe recipe uses it.
   Any of 'first', 'last', 'mean' and 'max' (elementwise over the real tokens) can be chosen for any architecture;
-  the states are BERT's and GPT's final hidden states and T5's encoder output. 'max' suits "is anything anywhere in
-  the text wrong" (the probes, experiments/configs/finetune.py): one position that fires is enough.
+  the states are BERT's and GPT's final hidden states and T5's encoder output (or its decoder's). 'max' suits "is
+  anything anywhere in the text wrong" (the probes, experiments/configs/finetune.py): one position that fires is
+  enough.
 Head: dense D -> D with tanh (BERT's pooler), dropout (cfg.dropout), dense D -> C. Logits are float32 (B, 1, C), so
 the one train step and losses.cross_entropy take them with targets and weights of shape (B, 1).
 """
@@ -39,6 +45,7 @@ from model.t5 import T5
 
 _BACKBONES = {"gpt": GPT, "bert": BERT, "t5": T5}
 POOLINGS = ("first", "last", "mean", "max")
+T5_STATES = ("encoder", "decoder")
 DEFAULT_POOLING = {"bert": "first", "gpt": "last", "t5": "mean"}
 # Batch entries each architecture's classifier takes: the backbone's inputs plus what pooling needs.
 INPUT_NAMES = {"bert": ("inputs", "token_types"), "gpt": ("inputs", "lengths"), "t5": ("encoder_inputs",)}
@@ -50,10 +57,13 @@ class Classifier(nn.Module):
     cfg: ModelConfig
     num_classes: int
     pooling: str = ""  # One of POOLINGS; '' = DEFAULT_POOLING[cfg.arch].
+    t5_states: str = "encoder"  # T5: pool the encoder output, or the decoder states with the text fed to both.
     pretrained_key: ClassVar[str] = "backbone"  # Subtree of the params that init_from's parameters fill.
 
     @property
     def input_names(self) -> tuple[str, ...]:
+        if self.cfg.arch == "t5" and self.t5_states == "decoder":
+            return ("encoder_inputs", "decoder_inputs", "lengths")
         return INPUT_NAMES[self.cfg.arch]
 
     def setup(self):
@@ -71,7 +81,11 @@ class Classifier(nn.Module):
         if pooling not in POOLINGS:
             raise ConfigError(f"task.pooling={pooling!r} is unknown; choose one of {list(POOLINGS)} or '' (the "
                               f"architecture's default, {DEFAULT_POOLING[arch]!r} for {arch})")
-        if arch == "t5":
+        if arch == "t5" and self.t5_states not in T5_STATES:
+            raise ConfigError(f"task.t5_states={self.t5_states!r} is unknown; choose one of {list(T5_STATES)}")
+        if arch == "t5" and self.t5_states == "decoder":  # BART-style: lengths = decoder positions that are real
+            ids_BxL, h_BxLxD = decoder_inputs, self.backbone.features(encoder_inputs, decoder_inputs, train=train)
+        elif arch == "t5":
             ids_BxL, h_BxLxD = encoder_inputs, self.backbone.encode(encoder_inputs, train=train)
         elif arch == "bert":
             ids_BxL, h_BxLxD = inputs, self.backbone.features(inputs, token_types=token_types, train=train)

@@ -1,6 +1,7 @@
 """Fine-tuning: jsonl examples and their errors, probes (deterministic, balanced, validation text only), classifier
 pooling, init_from into the backbone subtree, a learnable task end to end, and F1 by hand."""
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -180,6 +181,28 @@ def test_probes_deterministic_balanced_and_from_validation_text_only(tmp_path, t
             assert (a[diff[0]], a[diff[1]]) == (b[diff[1]], b[diff[0]])
 
 
+def test_probe_batches_keep_each_source_documents_pair_together(tmp_path):
+    """The shuffle moves whole source documents: a positive and its negative are always in the same batch (their
+    gradients differ only where the texts do), and an epoch still visits every example once."""
+    _synthetic_corpus(tmp_path / "c.txt")
+    c = finetune.get_config("task=word_order")
+    c.data.train_files, c.data.val_fraction, c.data.tokenizer_type = str(tmp_path / "c.txt"), 0.2, "byte"
+    c.train.batch_size, c.data.seq_len, c.model.max_len = 6, 96, 96  # no truncation: every text distinct
+    data = classify.build(c)
+    groups = data.train.groups
+    assert groups is not None and len(groups) == data.train.num_examples and np.all(np.bincount(groups)[groups] == 2)
+    row = {bytes(r): k for k, r in enumerate(data.train.arrays["inputs"])}  # the texts are distinct
+    steps = 3 * data.train.num_examples // 6
+    order = np.array([row[bytes(r)] for s in range(steps) for r in data.train.batch(s)["inputs"]])
+    for start in range(0, len(order), data.train.num_examples):  # epoch by epoch
+        epoch = order[start:start + data.train.num_examples]
+        assert sorted(epoch.tolist()) == list(range(data.train.num_examples))
+        np.testing.assert_array_equal(groups[epoch[0::2]], groups[epoch[1::2]])  # pairs adjacent, 6 | batch
+    assert not np.array_equal(order[:20], order[data.train.num_examples:][:20])  # a new shuffle per epoch
+    with pytest.raises(ValueError, match="nondecreasing"):
+        classify.Split("train", {"targets": np.zeros((3, 1))}, 0, 2, (0, 2), np.array([0, 1, 0]))
+
+
 def test_probes_from_val_files_only(tmp_path):
     _synthetic_corpus(tmp_path / "train.txt", 50)
     val = _synthetic_corpus(tmp_path / "val.txt", 80)[40:]  # lines 40..79 exist only in val.txt
@@ -259,6 +282,35 @@ def test_every_pooling_matches_numpy_over_the_real_tokens(arch):
         model.init(jax.random.key(0), **{k: batch[k] for k in model.input_names})
 
 
+def test_t5_decoder_states_read_the_text_after_the_start_token():
+    """task.t5_states='decoder' (BART-style): the decoder gets [start] + the encoder's row, and pooling runs over its
+    states at those positions; causal, so the state after the last real token has read the whole text."""
+    from model import build
+
+    tok = tokenizer_lib.ByteTokenizer()
+    examples = [classify.Example("abcdef", None, 1, "x"), classify.Example("ab", "cd", 0, "y")]
+    arrays, _ = classify.encode(examples, tok, "t5", 12, t5_decoder=True)
+    enc, dec, lengths = arrays["encoder_inputs"], arrays["decoder_inputs"], arrays["lengths"]
+    for i in range(2):
+        n = int((enc[i] != tok.pad_id).sum())  # the text and </s>
+        assert lengths[i] == n + 1 and dec[i, 0] == 0
+        np.testing.assert_array_equal(dec[i, 1:n + 1], enc[i, :n])
+        assert (dec[i, n + 1:] == tok.pad_id).all()
+    assert classify.encode(examples, tok, "t5", 12)[0]["decoder_inputs"].shape == (2, 1)  # encoder states: unused
+    cfg = dataclasses.replace(_cfg("t5"), vocab_size=tok.vocab_size, max_len=12)
+    model = classifier.Classifier(cfg, 2, "max", "decoder")
+    assert model.input_names == ("encoder_inputs", "decoder_inputs", "lengths")
+    inputs = {k: arrays[k] for k in model.input_names}
+    params = jax.jit(lambda x: model.init(jax.random.key(0), **x)["params"])(inputs)
+    got = jax.jit(lambda p, x: model.apply({"params": p}, **x, method="pooled"))(params, inputs)
+    h = np.asarray(build(cfg).apply({"params": params["backbone"]}, enc, dec, method="features"))
+    want = np.stack([h[i, :lengths[i]].max(0) for i in range(2)])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="task.t5_states='both' is unknown"):
+        bad = classifier.Classifier(cfg, 2, "max", "both")
+        bad.init(jax.random.key(0), **{k: arrays[k] for k in ("encoder_inputs",)})
+
+
 # ------------------------------------------------------------------------------------------------ metrics
 
 
@@ -290,10 +342,12 @@ def test_init_from_loads_the_backbone_exactly(tmp_path):
     loop.train_and_evaluate(pre, str(tmp_path / "pre"))
     ft = ft_config("next_sentence", "gpt", str(tmp_path / "elsewhere"), **{
         "init_from": str(tmp_path / "pre"), "train.steps": 1, "train.learning_rate": 0.0, "train.warmup_steps": 0,
-        "train.eval_every": 1, "train.checkpoint_every": 1, "model.d_model": 64})
+        "train.eval_every": 1, "train.checkpoint_every": 1, "model.d_model": 64, "task.dropout": 0.1})
     summary = loop.train_and_evaluate(ft, str(tmp_path / "ft"))
     assert summary["arch"] == "bert" and "eval/f1" in summary["final_eval"]
-    assert ft.model.to_dict() == pre.model.to_dict() | {"vocab_size": 512}  # the pretrained model config
+    # The pretrained model config, but the recipe's dropout (model.* overrides give way to the pretrained run's).
+    assert pre.model.dropout == 0.0 and ft.model.to_dict() == pre.model.to_dict() | {"vocab_size": 512,
+                                                                                       "dropout": 0.1}
     assert ft.data.train_files == pre.data.train_files and ft.data.cache_dir == pre.data.cache_dir
     with open(tmp_path / "ft" / "config.json") as f:
         assert json.load(f)["config"]["task"]["num_classes"] == 2

@@ -68,7 +68,7 @@ def build(config: ml_collections.ConfigDict, devices=None):
     builder = classify_data.build if classify else pipeline.build
     data = builder(config, jax.process_index(), jax.process_count())
     mcfg = model_config.from_dict(config.model, vocab_size=data.vocab_size)
-    model = (classifier.Classifier(mcfg, data.num_classes, config.task.pooling) if classify
+    model = (classifier.Classifier(mcfg, data.num_classes, config.task.pooling, config.task.t5_states) if classify
              else model_lib.build(mcfg))
     tx, lr = optim.make(config.train)
     if config.parallel not in ("jit", "pmap"):

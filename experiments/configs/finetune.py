@@ -15,9 +15,17 @@ takes the model and data settings from a workdir like init_from but keeps the ra
 shaped exactly like a pretrained contender). task.num_classes and train.eval_steps left at 0 are derived from the
 data; these resolved values (and the inherited ones) are written into the config, so config.json records them.
 The recipe below (600 steps of 32 x 32 tokens, AdamW 3e-4) is the one experiments/probes.py runs for every
-contender; the probe tasks pool with 'max' over the tokens, other tasks with the architecture's default
-(model/classifier.py). Measured on the probes (tiny GPT pretrained 300 steps, word_order): the last-token default
-stayed at chance (0.505) where max pooling reached 0.667 and mean pooling 0.580; 150 steps were too few for any.
+contender. For the probe tasks it also pools with 'max' over the tokens and, for T5, reads the decoder's states
+with the text fed to both encoder and decoder (BART's way); other tasks use the architecture's default pooling of
+model/classifier.py and T5's encoder. Probe batches keep each source document's positive and negative together
+(data/classify.py). Measured on word_order (contenders of the default comparison, experiments/probes.py):
+  - with examples shuffled one by one no model left chance in 600 steps; in pairs, the same GPT went from 0.497
+    to 0.679 (the comparison's earlier batch-32 contender; the batch-8 one reaches 0.693);
+  - T5's encoder output gave 0.516 (random init 0.540): after span corruption at that budget its decoder does not
+    read the encoder (train.evaluate --shuffle_encoder), so what it learned is in the decoder: 0.616 (random 0.587);
+  - on a tiny GPT pretrained 300 steps (examples shuffled one by one), the last-token default stayed at chance
+    (0.505) where max pooling reached 0.667 and mean pooling 0.580; 150 steps were too few for any;
+  - lr 1e-3 (before pairing) and task.dropout=0.1 (BERT, T5 encoder) did not help.
 """
 
 import ml_collections
@@ -60,6 +68,10 @@ def get_config(arg: str = "task=next_sentence") -> ml_collections.ConfigDict:
     c.task.swaps = 1  # word_order: disjoint adjacent word pairs swapped in a negative example.
     # Which hidden state stands for the example: 'first', 'last', 'mean', 'max' or '' (the architecture's default).
     c.task.pooling = "max" if a["task"] in PROBE_TASKS else ""
+    # T5 only: 'encoder' pools the encoder output; 'decoder' feeds the text to the encoder and (after the start
+    # token) to the decoder too and pools the decoder's states, as BART classifies.
+    c.task.t5_states = "decoder" if a["task"] in PROBE_TASKS else "encoder"
+    c.task.dropout = -1.0  # model.dropout while fine-tuning; -1 keeps the (pretrained) model's.
 
     c.data.seq_len = r["seq_len"]  # Tokens per example, specials included; longer examples are truncated.
     c.data.val_files = ""  # jsonl: the evaluation file(s) (required); probes: as in pretraining.
