@@ -15,14 +15,16 @@ pseudo-log-likelihood (each token masked in turn). next_sentence scores how much
 score(b | a) - score(b), so that the two b's own likelihoods cancel. This asks the pretraining objective
 directly, with no training: the same numbers on every rerun.
 
-experiments/compare.py --probes runs probe_contender for every contender of a comparison.
+experiments/compare.py runs probe_contender for every contender when its suite (or --probes) names probe tasks.
 
-Measured with this recipe (max pooling, 600 steps, 2 CPU cores, about a minute per run): the contenders of the
-default comparison (4e12 FLOPs: 84 GPT/BERT steps, 204 T5 steps) and their random-init baselines all stay at
-chance, 0.49-0.52 on both tasks (n = 924 word_order, 928 next_sentence eval examples: one standard error is 0.016).
-Tiny models pretrained 300 steps of 32 x 128 tokens: GPT 0.667 word_order, 0.592 next_sentence; BERT 0.525 and
-0.502; T5 (2 + 2 blocks) 0.500 and 0.517; random init 0.498-0.500. The knowledge is there before fine-tuning can
-use it: the 84-step GPT's own likelihood prefers the intact text in 88% of word_order pairs.
+Measured with this recipe (max pooling, T5 through its decoder, positive and negative in one batch, 600 steps;
+about 40 s a run on 2 CPU cores) on the default comparison's contenders (4e12 FLOPs: 335 GPT/BERT steps, 816 T5
+steps of batch 8), accuracy with the random-init baseline in brackets, n = 924 word_order / 928 next_sentence
+examples (one standard error 1.6 points): GPT 0.693 (0.564) and 0.570 (0.518); BERT 0.511 (0.525) and 0.499
+(0.543); T5 0.616 (0.587) and 0.501 (0.510). Only the GPT beats chance and its baseline on both. With 3x the FLOPs
+BERT reaches 0.639 on word_order but not next_sentence (0.545, baseline 0.543); T5 stays at its baseline. The
+knowledge is there before fine-tuning uses all of it: the GPT's own likelihood prefers the intact text in 94% of
+word_order pairs.
 
 Each task trains in `<workdir>/<task>` with train.main's loop; a task whose run finished under the same request
 is read back, not trained again. Accuracy is on the probe-eval part (disjoint source documents, balanced: chance
@@ -99,7 +101,8 @@ def run_probes(pretrained: str | None, arch: str | None = None, tasks=TASKS, wor
                 json.dump({"request": request, "wall_s": time.perf_counter() - t0}, f, indent=2)
         ev = summary["final_eval"]
         results[task] = {"accuracy": ev["eval/accuracy"], "f1": ev.get("eval/f1"), "chance": _chance(summary),
-                         "steps": summary["steps"], "wall_s": summary["wall_s"]}
+                         "examples": (summary.get("data") or {}).get("val_examples"), "steps": summary["steps"],
+                         "wall_s": summary["wall_s"]}
         log(f"[probes] {what} {task}: accuracy {ev['eval/accuracy']:.3f}, f1 {ev.get('eval/f1', float('nan')):.3f} "
             f"({summary['steps']} steps, {summary['wall_s']:.0f} s)")
     os.makedirs(workdir, exist_ok=True)

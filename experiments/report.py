@@ -150,6 +150,11 @@ def run_row(name: str, summary: dict, config: dict, meta: dict, plan_hw: dict | 
     }
     for task, acc in (s.get("probes") or {}).items():
         row[f"probe/{task}"] = acc
+    # Evaluation sizes behind the probe columns (for their standard errors): examples, and zero-shot pairs.
+    sizes = [r.get("examples") for r in ((s.get("probe_results") or {}).get("pretrained") or {}).values()]
+    pairs = [r.get("pairs") for r in (s.get("zero_shot_results") or {}).values()]
+    row["probe_examples"] = min((n for n in sizes if n), default=None)
+    row["zero_shot_pairs"] = min((n for n in pairs if n), default=None)
     return row
 
 
@@ -237,6 +242,16 @@ def budget_line(plan: dict | None, groups: list[dict]) -> str:
     return text + "."
 
 
+def _standard_error(groups: list[dict], key: str, unit: str) -> str:
+    """' One standard error ...' of an accuracy near 50% on the fewest `key` any row evaluated on ('' if unknown)."""
+    sizes = [g[key] for g in groups if g.get(key)]
+    if not sizes:
+        return ""
+    n = int(min(sizes))
+    return (f" One standard error of an accuracy near 50% on {n} {unit} is {50 / math.sqrt(n):.1f} points: "
+            "differences of less than about two of them are noise.")
+
+
 def notes(groups: list[dict], plan: dict | None) -> list[str]:
     objs = sorted({g["objective_id"] for g in groups})
     out = ["**eval loss (own objective)** is the mean cross-entropy in nats per predicted token on the same "
@@ -262,11 +277,13 @@ def notes(groups: list[dict], plan: dict | None) -> list[str]:
                    "intact text vs two adjacent words swapped; a with its own continuation vs another text's) in "
                    "which the pretrained model, with no training, scores the true member higher: GPT by "
                    "log-likelihood, BERT and T5 by pseudo-log-likelihood (each token masked in turn), "
-                   "next_sentence by how much a raises the score of b (experiments/probes.py). Chance is 50%.")
+                   "next_sentence by how much a raises the score of b (experiments/probes.py). Chance is 50%."
+                   + _standard_error(groups, "zero_shot_pairs", "pairs"))
     if any(not k.endswith("(zero-shot)") for k in probe_keys):
         out.append("**probe: <task>** is the evaluation accuracy after fine-tuning the pretrained model with one "
                    "recipe for all (experiments/configs/finetune.py); **(random init)** the same model and recipe "
-                   "from a random initialisation. Chance is 50%.")
+                   "from a random initialisation. Chance is 50%." + _standard_error(groups, "probe_examples",
+                                                                                    "examples"))
     if any(g.get("resumed") for g in groups):
         out.append("Some runs were resumed: their wall and compile times cover the last invocation only.")
     if any(g.get("n", 1) > 1 for g in groups):

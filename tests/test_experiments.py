@@ -227,6 +227,7 @@ def _fake_run(workdir, name, arch, objective, *, seed=0, eval_loss=4.0, probes=N
                "history": {"train": train, "eval": evals}}
     if probes:
         summary["probes"] = probes
+        summary["probe_results"] = {"pretrained": {t: {"accuracy": a, "examples": 400} for t, a in probes.items()}}
     model = {"arch": arch, "n_layers": 4 if arch != "t5" else 2, "n_decoder_layers": 2 if arch == "t5" else 0,
              "d_model": 128, "d_ff": 512, "position": "rope", "mlp": "gelu", "dtype": "float32"}
     d = os.path.join(workdir, name)
@@ -261,6 +262,7 @@ def test_report_from_synthetic_summaries(tmp_path):
     assert "| 1.700 |" in rows["gpt"] and "| 1.700 |" not in rows["bert"]  # bits/byte only for causal LM
     assert "75.0%" in rows["gpt"] and "3.100 ± 0.141" in rows["t5"]  # probe column; seeds aggregated
     assert "different tasks" in md and "Matched: **training FLOPs" in md and "deviation" in md
+    assert "near 50% on 400 examples is 2.5 points" in md  # 50 / sqrt(400)
 
     rec = json.loads(open(os.path.join(w, "report.json")).read())
     by_group = {r["group"]: r for r in rec["rows"]}
