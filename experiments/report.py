@@ -93,7 +93,7 @@ def curve(rows: list[dict], flops_per_step: float) -> dict[str, list[float]]:
         steps.append(step)
         seconds.append(total)
         prev = step
-    evals = sorted({r["step"]: r["eval/loss"] for r in rows if "eval/loss" in r}.items())
+    evals = sorted({r["step"]: r.get("eval/nll", r["eval/loss"]) for r in rows if "eval/loss" in r}.items())
     return {"step": [s for s, _ in evals], "flops": [s * flops_per_step for s, _ in evals],
             "seconds": [float(np.interp(s, steps, seconds)) for s, _ in evals], "loss": [v for _, v in evals]}
 
@@ -144,7 +144,8 @@ def run_row(name: str, summary: dict, config: dict, meta: dict, plan_hw: dict | 
         "mfu": hardware.mfu(fps, st, peak, n_dev) if st and peak else None, "peak_source": source,
         "peak_flops": peak, "n_devices": n_dev,
         "peak_memory_bytes": s.get("peak_memory_bytes"), "train_loss": tr.get("train/loss"),
-        "eval_loss": ev.get("eval/loss"), "eval_accuracy": ev.get("eval/accuracy"),
+        # The objective's cross-entropy alone (eval/nll): eval/loss adds z-loss and, for MLM + NSP, the NSP term.
+        "eval_loss": ev.get("eval/nll", ev.get("eval/loss")), "eval_accuracy": ev.get("eval/accuracy"),
         "eval_bpb": ev.get("eval/bits_per_byte") if s["objective"] in BPB_OBJECTIVES else None,
         "resumed": bool(s.get("start_step")), "stopped_by": s.get("stopped_by"),
     }
@@ -255,7 +256,8 @@ def _standard_error(groups: list[dict], key: str, unit: str) -> str:
 def notes(groups: list[dict], plan: dict | None) -> list[str]:
     objs = sorted({g["objective_id"] for g in groups})
     out = ["**eval loss (own objective)** is the mean cross-entropy in nats per predicted token on the same "
-           "validation batches at every evaluation, each row on its own objective: "
+           "validation batches at every evaluation (eval/nll: without z-loss or a next-sentence term), each row "
+           "on its own objective: "
            + "; ".join(f"{OBJECTIVES.get(o, (o, o))[0]} = {OBJECTIVES.get(o, (o, o))[1]}" for o in objs)
            + ". These are different tasks: compare losses only between rows with the same objective."]
     out.append("**eval bits/byte** is given only for " + ", ".join(OBJECTIVES[o][0] for o in BPB_OBJECTIVES)

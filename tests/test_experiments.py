@@ -214,16 +214,19 @@ def test_compare_fine_tunes_every_contender_on_the_probes_with_a_random_init_bas
 # ---------------------------------------------------------------------------------------------- report
 
 
-def _fake_run(workdir, name, arch, objective, *, seed=0, eval_loss=4.0, probes=None, group=None):
+def _fake_run(workdir, name, arch, objective, *, seed=0, eval_loss=4.0, probes=None, group=None, extra_loss=0.0):
+    """extra_loss: what eval/loss adds to eval/nll (an auxiliary term such as NSP's)."""
     fps, tps, steps, st = 4.0e10, 4096, 40, 0.5
     train = [{"step": s, "train/loss": 6.0 - s / 20, **({"perf/step_time": st} if s > 10 else {})}
              for s in (10, 20, 30, 40)]
-    evals = [{"step": s, "eval/loss": eval_loss + (40 - s) / 20, "eval/accuracy": 0.3} for s in (20, 40)]
+    evals = [{"step": s, "eval/loss": eval_loss + extra_loss + (40 - s) / 20, "eval/nll": eval_loss + (40 - s) / 20,
+              "eval/accuracy": 0.3} for s in (20, 40)]
     summary = {"arch": arch, "objective": objective, "params": 1_800_000, "steps": steps, "start_step": 0,
                "tokens_per_step": tps, "flops_per_step": fps, "step_time_s": st, "tokens_per_sec": tps / st,
                "peak_memory_bytes": 600 * 2**20, "compile_s": 3.0, "loop_s": 25.0, "wall_s": 30.0,
                "final_train": {"train/loss": 4.2}, "stopped_by": None,
-               "final_eval": {"eval/loss": eval_loss, "eval/accuracy": 0.3, "eval/bits_per_byte": 1.7},
+               "final_eval": {"eval/loss": eval_loss + extra_loss, "eval/nll": eval_loss, "eval/accuracy": 0.3,
+                              "eval/bits_per_byte": 1.7},
                "history": {"train": train, "eval": evals}}
     if probes:
         summary["probes"] = probes
@@ -243,7 +246,7 @@ def _fake_run(workdir, name, arch, objective, *, seed=0, eval_loss=4.0, probes=N
 
 def test_report_from_synthetic_summaries(tmp_path):
     w = str(tmp_path)
-    _fake_run(w, "bert", "bert", "mlm", eval_loss=5.0)
+    b = _fake_run(w, "bert", "bert", "mlm", eval_loss=5.0, extra_loss=0.69)  # e.g. MLM + NSP: the column is the MLM's
     s = _fake_run(w, "gpt", "gpt", "causal_lm", eval_loss=4.0, probes={"sst2": 0.75})
     _fake_run(w, "t5-seed=0", "t5", "span_corruption", eval_loss=3.0, group="t5")
     _fake_run(w, "t5-seed=1", "t5", "span_corruption", seed=1, eval_loss=3.2, group="t5")
@@ -271,6 +274,8 @@ def test_report_from_synthetic_summaries(tmp_path):
     assert by_group["gpt"]["mfu"] == pytest.approx(want_mfu)
     assert by_group["gpt"]["flops"] == 40 * 4.0e10 and by_group["gpt"]["tokens"] == 40 * 4096
     assert by_group["bert"]["eval_bpb"] is None and by_group["gpt"]["probe/sst2"] == 0.75
+    assert by_group["bert"]["eval_loss"] == 5.0 and "| 5.000 |" in rows["bert"]  # eval/nll, not eval/loss (5.69)
+    assert report.curve(b["history"]["train"] + b["history"]["eval"], 1.0)["loss"] == [6.0, 5.0]  # plots too
     for png in report.PLOTS:
         with open(os.path.join(w, png), "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
