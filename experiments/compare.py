@@ -42,14 +42,16 @@ from experiments.sweep import Run, SweepError
 
 
 def suite_runs(suite: dict, names: list[str] | None = None, overrides: dict | None = None) -> list[Run]:
-    """One Run per selected contender (all of them by default), `overrides` applied before the suite's."""
+    """One Run per selected contender (all of them by default): the suite's shared overrides, then `overrides`
+    (the command line's), then the contender's own."""
     contenders = suite["contenders"]
     names = names or list(contenders)
     unknown = [n for n in names if n not in contenders]
     if unknown:
         raise SweepError(f"--contenders: unknown {unknown}; this suite has {list(contenders)}")
-    return [sweep.make_run(contenders[n]["config"], {**(overrides or {}), **contenders[n]["overrides"]}, group=n,
-                           hashed=False) for n in names]
+    shared = {**suite.get("overrides", {}), **(overrides or {})}
+    return [sweep.make_run(contenders[n]["config"], {**shared, **contenders[n]["overrides"]}, group=n, hashed=False)
+            for n in names]
 
 
 def check_params(runs: list[Run], tolerance: float) -> dict[str, int]:
@@ -64,22 +66,26 @@ def check_params(runs: list[Run], tolerance: float) -> dict[str, int]:
     return params
 
 
+def _as_stored(value):
+    return json.loads(json.dumps(value, default=str))  # as plan.json stores it
+
+
 def _request(suite_name: str, budget, evals: int, overrides: dict) -> dict:
-    request = {"suite": suite_name, "budget": {"kind": budget[0], "value": float(budget[1])}, "evals": evals,
-               "overrides": overrides}
-    return json.loads(json.dumps(request, default=str))  # as plan.json stores it
+    return _as_stored({"suite": suite_name, "budget": {"kind": budget[0], "value": float(budget[1])},
+                       "evals": evals, "overrides": overrides})
 
 
 def plan(workdir: str, suite_name: str, runs: list[Run], budget, evals: int, overrides: dict,
          log=print) -> list[Run]:
-    """The runs with their steps; contenders planned earlier under the same request keep their plan."""
+    """The runs with their steps; contenders planned earlier under the same request, with the same config file and
+    overrides (the suite's may have changed since), keep their plan."""
     request = _request(suite_name, budget, evals, overrides)
     old = sweep.read_plan(workdir) or {}
     reuse = {r["name"]: r for r in old.get("runs", [])} if old.get("request") == request else {}
     out, todo = [], []
     for run in runs:
         rec = reuse.get(run.name)
-        if rec and rec["config_file"] == run.config_file:
+        if rec and rec["config_file"] == run.config_file and rec["overrides"] == _as_stored(run.overrides):
             again = sweep.make_run(rec["config_file"], rec["overrides"], group=run.group, variant=run.variant,
                                    hashed=False)
             again.measured_step_s = rec.get("measured_step_s")

@@ -30,6 +30,11 @@ def test_default_suite_matches_parameters_within_5_percent():
     assert {sweep.shape_facts(r.config)["vocab_size"] for r in runs} == {runs[0].config.data.vocab_size}
     with pytest.raises(sweep.SweepError, match="parameter counts differ"):
         compare.check_params(runs, 1e-6)
+    # The suite's shared batch of 8; a --config override replaces it; a contender's own overrides come last.
+    assert {r.config.train.batch_size for r in runs} == {8}
+    runs = compare.suite_runs(suite, overrides={"train.batch_size": 16, "model.d_ff": 256})
+    assert {r.config.train.batch_size for r in runs} == {16}
+    assert [r.config.model.d_ff for r in runs] == [256, 256, 384]
 
 
 def test_flops_budget_gives_equal_flops_across_contenders():
@@ -50,6 +55,21 @@ def test_flops_budget_gives_equal_flops_across_contenders():
     tokens = sweep.plan_budget(compare.suite_runs(suite, ["gpt", "t5"]), "tokens", 1e6, evals=5)
     for r in tokens:
         assert abs(r.config.train.steps * sweep.shape_facts(r.config)["tokens_per_step"] / 1e6 - 1) < 0.05
+
+
+def test_compare_replans_a_contender_whose_suite_overrides_changed(tmp_path):
+    """A re-run under the same request keeps the earlier plan only for contenders defined the same way: after the
+    suite's shared batch changes, the contenders are planned again (and train.main would refuse the old workdir)."""
+    suite = suites.load("default")
+    w = str(tmp_path)
+    runs = compare.plan(w, "default", compare.suite_runs(suite), ("flops", 4e12), 5, {}, log=lambda *_: None)
+    sweep.write_plan(w, {"kind": "compare", "request": compare._request("default", ("flops", 4e12), 5, {}),
+                         "runs": [r.record() for r in runs]})
+    again = compare.plan(w, "default", compare.suite_runs(suite), ("flops", 4e12), 5, {}, log=lambda *_: None)
+    assert [r.config.train.steps for r in again] == [r.config.train.steps for r in runs] == [335, 335, 816]
+    changed = {**suite, "overrides": {"train.batch_size": 16}}
+    replanned = compare.plan(w, "default", compare.suite_runs(changed), ("flops", 4e12), 5, {}, log=lambda *_: None)
+    assert [r.config.train.steps for r in replanned] == [168, 168, 408]
 
 
 def test_suite_and_flag_errors_are_one_clear_message():

@@ -9,6 +9,8 @@ get_suite() returns a dict:
   probes           (optional) probe tasks (data/probes.py) each contender is fine-tuned on after training, with
                    the same model from a random init as the baseline (experiments/probes.py); default ()
   zero_shot        (optional) probe tasks each contender scores zero-shot after training; default ()
+  overrides        (optional) {path: value} every contender shares; --config overrides replace them, a
+                   contender's own overrides come last; default {}
 """
 
 import importlib
@@ -18,7 +20,7 @@ import os
 from experiments.sweep import ROOT, SweepError
 
 KEYS = ("description", "contenders", "budget", "param_tolerance", "evals")
-OPTIONAL = ("probes", "zero_shot")
+OPTIONAL = ("probes", "zero_shot", "overrides")
 
 
 def load(name: str) -> dict:
@@ -41,4 +43,4 @@ def load(name: str) -> dict:
     if not set(KEYS) <= set(suite) <= set(KEYS + OPTIONAL):
         raise SweepError(f"suite {name}: get_suite() must return {KEYS} (and optionally {OPTIONAL}); got "
                          f"{sorted(suite)}")
-    return {"probes": (), "zero_shot": (), **suite}
+    return {"probes": (), "zero_shot": (), "overrides": {}, **suite}

@@ -16,13 +16,11 @@ same FLOPs and about the same wall time (eval loss at batch 32 / batch 8: BERT 5
 T5 4.530 / 4.159; tokens/s 8,900 / 7,900).
 
 After training, every contender scores the probe pairs zero-shot (about a minute for all three) and is fine-tuned
-on each probe task, as is the same model from a random init (12 runs of 600 steps, about 40 s each): the probe
-columns of the report (experiments/probes.py). Training needs about 3 minutes on 2 free cores, the whole
-comparison about 12; on 2 shared cores at load average 7-14 expect 3-4 times that.
+on each probe task, as is the same model from a random init (12 runs of 600 steps, about 37 s each): the probe
+columns of the report (experiments/probes.py). Training needs under 3 minutes on 2 free cores, the whole
+comparison about 11 (10 m 30 s measured from a fresh clone); on 2 shared cores at load average 7-14 expect 3-4
+times that.
 """
-
-
-BATCH = {"train.batch_size": 8}  # 4x the steps of the tiny preset's batch of 32 for the same FLOPs (see above).
 
 
 def get_suite() -> dict:
@@ -34,11 +32,14 @@ def get_suite() -> dict:
             "same corpus, tokenizer, batch, optimizer and schedule shape."
         ),
         contenders={
-            "bert": dict(config="experiments/configs/bert.py:tiny", overrides={**BATCH}),
-            "gpt": dict(config="experiments/configs/gpt.py:tiny", overrides={**BATCH}),
+            "bert": dict(config="experiments/configs/bert.py:tiny", overrides={}),
+            "gpt": dict(config="experiments/configs/gpt.py:tiny", overrides={}),
             "t5": dict(config="experiments/configs/t5.py:tiny",
-                       overrides={**BATCH, "model.n_layers": 2, "model.n_decoder_layers": 2, "model.d_ff": 384}),
+                       overrides={"model.n_layers": 2, "model.n_decoder_layers": 2, "model.d_ff": 384}),
         },
+        # 4x the steps of the tiny preset's batch of 32 for the same FLOPs (see above); --config.train.batch_size=...
+        # replaces it.
+        overrides={"train.batch_size": 8},
         budget=("flops", 4e12),
         param_tolerance=0.05,
         evals=5,
