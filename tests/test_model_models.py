@@ -330,3 +330,35 @@ def test_init_is_deterministic_with_the_documented_initializers():
             np.testing.assert_array_equal(val, 0.0)
         elif val.size >= 2048:
             assert abs(float(val.std()) - cfg.init_std) < 0.2 * cfg.init_std, name
+
+
+def test_t5_learns_to_copy_its_input_through_cross_attention():
+    """The decoder reads the encoder: trained on 'repeat the input', a small T5 goes from ln(61) = 4.1 nats (what a
+    decoder that ignores its encoder can do on uniform random tokens) to under 1 nat. (On span corruption at the
+    default comparison's budget it does not yet: train.evaluate --shuffle_encoder; that is learning, not wiring.)"""
+    import optax
+
+    cfg = config.ModelConfig(arch="t5", vocab_size=64, d_model=64, n_heads=4, d_ff=256, n_layers=2,
+                             n_decoder_layers=2, max_len=16)
+    t5 = model.build(cfg)
+    rng = np.random.default_rng(0)
+    x = rng.integers(3, 64, (1000, 32, 12)).astype(np.int32)  # batches of 32 rows of 12 tokens, ids 3..63
+    dec = np.concatenate([np.zeros_like(x[..., :1]), x[..., :-1]], axis=-1)
+    params = t5.init(jax.random.key(0), x[0], dec[0])["params"]
+    tx = optax.adamw(1e-3)
+
+    def loss(p, xb, db):
+        return optax.softmax_cross_entropy_with_integer_labels(t5.apply({"params": p}, xb, db), xb).mean()
+
+    @jax.jit
+    def train(params, x, dec):
+        def step(carry, batch):
+            p, s = carry
+            value, g = jax.value_and_grad(loss)(p, *batch)
+            updates, s = tx.update(g, s, p)
+            return (optax.apply_updates(p, updates), s), value
+
+        return jax.lax.scan(step, (params, tx.init(params)), (x, dec))[1]
+
+    losses = np.asarray(train(params, x, dec))
+    assert losses[:10].mean() > 3.9 and losses[-20:].mean() < 1.0, losses[::100]
