@@ -70,6 +70,11 @@ def _as_stored(value):
     return json.loads(json.dumps(value, default=str))  # as plan.json stores it
 
 
+def _defined(overrides: dict) -> dict:
+    """A run's overrides without those its budget plan added (steps, warmup, evaluation spacing), as stored."""
+    return _as_stored({k: v for k, v in overrides.items() if k not in sweep.PLANNED_KEYS})
+
+
 def _request(suite_name: str, budget, evals: int, overrides: dict) -> dict:
     return _as_stored({"suite": suite_name, "budget": {"kind": budget[0], "value": float(budget[1])},
                        "evals": evals, "overrides": overrides})
@@ -85,7 +90,7 @@ def plan(workdir: str, suite_name: str, runs: list[Run], budget, evals: int, ove
     out, todo = [], []
     for run in runs:
         rec = reuse.get(run.name)
-        if rec and rec["config_file"] == run.config_file and rec["overrides"] == _as_stored(run.overrides):
+        if rec and rec["config_file"] == run.config_file and _defined(rec["overrides"]) == _defined(run.overrides):
             again = sweep.make_run(rec["config_file"], rec["overrides"], group=run.group, variant=run.variant,
                                    hashed=False)
             again.measured_step_s = rec.get("measured_step_s")

@@ -175,6 +175,10 @@ def make_run(config_file: str, overrides: dict[str, Any], *, group: str, variant
     return run
 
 
+# The overrides `with_steps` sets: what planning a budget adds to a run's own.
+PLANNED_KEYS = ("train.steps", "train.warmup_steps", "train.eval_every", "train.checkpoint_every", "train.log_every")
+
+
 def with_steps(run: Run, steps: int, evals: int) -> Run:
     """`run` trained for `steps`, warmup kept at the config's fraction, `evals` evaluations and checkpoints."""
     tc = run.config.train

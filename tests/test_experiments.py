@@ -63,13 +63,16 @@ def test_compare_replans_a_contender_whose_suite_overrides_changed(tmp_path):
     suite = suites.load("default")
     w = str(tmp_path)
     runs = compare.plan(w, "default", compare.suite_runs(suite), ("flops", 4e12), 5, {}, log=lambda *_: None)
+    records = [{**r.record(), "measured_step_s": 0.125} for r in runs]  # marks a plan that was kept
     sweep.write_plan(w, {"kind": "compare", "request": compare._request("default", ("flops", 4e12), 5, {}),
-                         "runs": [r.record() for r in runs]})
+                         "runs": records})
     again = compare.plan(w, "default", compare.suite_runs(suite), ("flops", 4e12), 5, {}, log=lambda *_: None)
     assert [r.config.train.steps for r in again] == [r.config.train.steps for r in runs] == [335, 335, 816]
+    assert [r.measured_step_s for r in again] == [0.125] * 3
     changed = {**suite, "overrides": {"train.batch_size": 16}}
     replanned = compare.plan(w, "default", compare.suite_runs(changed), ("flops", 4e12), 5, {}, log=lambda *_: None)
     assert [r.config.train.steps for r in replanned] == [168, 168, 408]
+    assert [r.measured_step_s for r in replanned] == [None] * 3
 
 
 def test_suite_and_flag_errors_are_one_clear_message():
