@@ -134,6 +134,8 @@ def compare(workdir: str, suite_name: str = "default", contenders: list[str] | N
         for r in runs:
             print(r.command(workdir))
         return runs
+    for r in runs:  # a workdir holding another config is refused before plan.json is rewritten
+        sweep.run_state(r, workdir)
     old = sweep.read_plan(workdir) or {}
     request = _request(suite_name, budget, evals, overrides)
     records = [r.record() for r in runs]

@@ -75,6 +75,15 @@ def test_compare_replans_a_contender_whose_suite_overrides_changed(tmp_path):
     assert [r.measured_step_s for r in replanned] == [None] * 3
 
 
+def test_compare_refuses_a_workdir_of_another_config_before_rewriting_its_plan(tmp_path):
+    os.makedirs(tmp_path / "bert")
+    (tmp_path / "bert" / "config.json").write_text(json.dumps({"config": {"train": {"batch_size": 32}}}))
+    (tmp_path / "plan.json").write_text('{"kind": "compare", "runs": []}')
+    with pytest.raises(sweep.SweepError, match="holds a run of a different config"):
+        compare.compare(str(tmp_path), "default", log=lambda *_: None)
+    assert (tmp_path / "plan.json").read_text() == '{"kind": "compare", "runs": []}'
+
+
 def test_suite_and_flag_errors_are_one_clear_message():
     with pytest.raises(sweep.SweepError, match="no such suite"):
         suites.load("nope")
