@@ -187,6 +187,7 @@ def with_steps(run: Run, steps: int, evals: int) -> Run:
              "train.warmup_steps": int(round(tc.warmup_steps / max(1, tc.steps) * steps)),
              "train.eval_every": every, "train.checkpoint_every": every,
              "train.log_every": max(1, min(tc.log_every, every // 2))}
+    assert tuple(extra) == PLANNED_KEYS  # compare.plan tells a run's own overrides from these by the list
     hashed = run.name != run.group
     return make_run(run.config_file, {**run.overrides, **extra}, group=run.group, variant=run.variant,
                     hashed=hashed)
