@@ -19,9 +19,10 @@ step and `losses.cross_entropy` need no change. Train batch `step` is a pure fun
 step * B + g of an endless sequence of shuffled epochs. Validation batch i holds examples i * B .. i * B + B - 1;
 rows past the end repeat example 0 with weight 0, and `train.eval_steps = 0` means every validation batch once.
 
-Probe examples shuffle in groups: their source document's positive and negative stay adjacent, so with an even
-batch size they share every batch. The two texts differ only in a swapped word pair or in b, so within a batch the
-pair's gradient is that difference; shuffled apart, it drowns in the variation between documents. With examples
+Probe examples shuffle in groups: a source document's positives and negatives (task.train_pairs pairs) stay
+adjacent, so a batch splits at most the first and last group it holds. A positive and its negative differ only in
+a swapped word pair or in b, so within a batch the pair's gradient is that difference; shuffled apart, it drowns
+in the variation between documents. With examples
 shuffled one by one no model learned a probe in 600 steps (all at chance, 0.49-0.52); with the pairs together the
 default comparison's GPT reaches 0.69 on word_order and 0.57 on next_sentence (experiments/probes.py).
 """

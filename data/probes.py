@@ -3,10 +3,11 @@
 The source documents are the validation split exactly as data/corpus.py makes it (data.val_files, or the
 data.val_fraction of documents with the smallest content hashes). They are divided again, by a differently salted
 content hash, into probe-train and probe-eval sources (task.eval_fraction of them to eval), so the two parts never
-share a source document. Every usable source document gives one positive and one negative example, so both parts
-are exactly balanced. Records have the data/classify.py format ({"text": ...} or {"text_a", "text_b"}, "label"),
-plus "source": the index of the source document, which the positive and its negative share (fine-tuning keeps
-them in one batch, data/classify.py).
+share a source document. Every usable probe-eval source gives one positive and one negative example; a probe-train
+source gives task.train_pairs such pairs, the same positive each time with another negative (another pair of words
+swapped, another document's continuation), as far as the text allows. Both parts are exactly balanced. Records
+have the data/classify.py format ({"text": ...} or {"text_a", "text_b"}, "label"), plus "source": the index of the
+source document, which its positives and negatives share (fine-tuning keeps them in one batch, data/classify.py).
 
   next_sentence  Each document is cut in two at the boundary nearest its middle, preferring a line break, then a
                  sentence end (.?!), a clause end (;:), a comma, any space. a = the first part (its last
@@ -97,8 +98,9 @@ def _signature(a: str, b: str) -> tuple[str, bool]:
     return (end if not end.isalnum() else "", b[:1].isupper())
 
 
-def next_sentence(docs: list[str], rng: np.random.Generator, max_words: int) -> list[dict]:
-    """One positive and one matched negative per usable document (see the module docstring)."""
+def next_sentence(docs: list[str], rng: np.random.Generator, max_words: int, pairs: int = 1) -> list[dict]:
+    """Per usable document, `pairs` (positive, matched negative) pairs with distinct negatives (fewer when its
+    signature group is smaller; see the module docstring)."""
     cuts = [c for c in (cut(d, max_words) for d in docs) if c is not None]
     groups: dict[tuple, list[int]] = {}
     for i, (a, b) in enumerate(cuts):
@@ -108,14 +110,20 @@ def next_sentence(docs: list[str], rng: np.random.Generator, max_words: int) -> 
         others = [j for j in groups[_signature(a, b)] if j != i and cuts[j][1] != b]
         if not others:
             continue  # no negative with the same surface signature: leave the document out (keeps balance)
-        j = others[int(rng.integers(len(others)))]
-        out.append({"text_a": a, "text_b": b, "label": 1, "source": i})
-        out.append({"text_a": a, "text_b": cuts[j][1], "label": 0, "source": i})
+        negatives = [cuts[others[int(rng.integers(len(others)))]][1]]
+        if pairs > 1:
+            rest = sorted({cuts[j][1] for j in others} - set(negatives))
+            negatives += [rest[k] for k in rng.permutation(len(rest))[:pairs - 1]]
+        for neg in negatives:
+            out.append({"text_a": a, "text_b": b, "label": 1, "source": i})
+            out.append({"text_a": a, "text_b": neg, "label": 0, "source": i})
     return out
 
 
-def word_order(docs: list[str], rng: np.random.Generator, max_words: int, swaps: int = 1) -> list[dict]:
-    """The intact text and the same text with `swaps` disjoint adjacent pairs swapped, per usable document."""
+def word_order(docs: list[str], rng: np.random.Generator, max_words: int, swaps: int = 1,
+               pairs: int = 1) -> list[dict]:
+    """Per usable document, `pairs` (intact, swapped) pairs: the intact text and the same text with `swaps` disjoint
+    adjacent pairs swapped, each pair swapping different words (fewer pairs when the text allows fewer)."""
     out = []
     for i, d in enumerate(docs):
         words = d.split()[:max_words]
@@ -123,18 +131,23 @@ def word_order(docs: list[str], rng: np.random.Generator, max_words: int, swaps:
                  if words[k].isalpha() and words[k + 1].isalpha() and words[k].lower() != words[k + 1].lower()]
         if len(spots) < swaps:
             continue
-        swapped, used = list(words), set()
-        for k in rng.permutation(spots):
-            if len(used) == 2 * swaps:
+        order, seen = list(rng.permutation(spots)), set()
+        while len(seen) < pairs and len(order) >= swaps:
+            swapped, used, rest = list(words), set(), []
+            for k in order:
+                if len(used) == 2 * swaps or k in used or k + 1 in used:
+                    rest.append(k)
+                    continue
+                swapped[k], swapped[k + 1] = swapped[k + 1], swapped[k]
+                used |= {k, k + 1}
+            if len(used) < 2 * swaps:
                 break
-            if k in used or k + 1 in used:
-                continue
-            swapped[k], swapped[k + 1] = swapped[k + 1], swapped[k]
-            used |= {k, k + 1}
-        if len(used) < 2 * swaps:
-            continue
-        out.append({"text": " ".join(words), "label": 1, "source": i})
-        out.append({"text": " ".join(swapped), "label": 0, "source": i})
+            order = rest  # the next pair swaps at other spots
+            text = " ".join(swapped)
+            if text not in seen:
+                seen.add(text)
+                out.append({"text": " ".join(words), "label": 1, "source": i})
+                out.append({"text": text, "label": 0, "source": i})
     return out
 
 
@@ -147,13 +160,16 @@ def build(data, task) -> dict[str, list[dict]]:
     parts = split_sources(source_documents(data), task.eval_fraction)
     if task.swaps < 1:
         raise DataError(f"task.swaps={task.swaps} must be >= 1")
+    if task.train_pairs < 1:
+        raise DataError(f"task.train_pairs={task.train_pairs} must be >= 1")
     out = {}
     for part, docs in parts.items():
         rng = np.random.default_rng([task.seed, _TASK_IDS[task.name], _PART_IDS[part]])
+        pairs = task.train_pairs if part == "train" else 1  # eval: one pair per source, independent examples
         if task.name == "next_sentence":
-            out[part] = next_sentence(docs, rng, task.max_words)
+            out[part] = next_sentence(docs, rng, task.max_words, pairs)
         else:
-            out[part] = word_order(docs, rng, task.max_words, task.swaps)
+            out[part] = word_order(docs, rng, task.max_words, task.swaps, pairs)
         if not out[part]:
             raise DataError(f"the {task.name} probe has no {part} examples: the validation split has too few usable "
                             f"documents ({len(docs)} {part} sources); raise data.val_fraction or pass larger "

@@ -181,6 +181,34 @@ def test_probes_deterministic_balanced_and_from_validation_text_only(tmp_path, t
             assert (a[diff[0]], a[diff[1]]) == (b[diff[1]], b[diff[0]])
 
 
+@pytest.mark.parametrize("task", probes.TASKS)
+def test_probe_train_pairs_add_distinct_negatives_and_leave_eval_alone(tmp_path, task):
+    _synthetic_corpus(tmp_path / "c.txt")
+    c = finetune.get_config(f"task={task}")
+    c.data.train_files, c.data.val_fraction = str(tmp_path / "c.txt"), 0.2
+    c.task.train_pairs = 1
+    one = probes.build(c.data, c.task)
+    c.task.train_pairs = 3
+    three = probes.build(c.data, c.task)
+    assert three["eval"] == one["eval"]  # evaluation keeps one independent pair per source
+    by_source: dict[int, list[dict]] = {}
+    for r in three["train"]:
+        by_source.setdefault(r["source"], []).append(r)
+    assert set(by_source) == {r["source"] for r in one["train"]}
+    counts = []
+    for records in by_source.values():
+        pos, neg = records[0::2], records[1::2]
+        assert [r["label"] for r in pos] == [1] * len(pos) and [r["label"] for r in neg] == [0] * len(neg)
+        assert all(p == pos[0] for p in pos)  # the same positive, each time with another negative
+        texts = [r.get("text") or r["text_b"] for r in neg]
+        assert len(set(texts)) == len(texts) and all(t != (pos[0].get("text") or pos[0]["text_b"]) for t in texts)
+        counts.append(len(pos))
+    assert max(counts) == 3 and np.mean(counts) > 2.5
+    c.task.train_pairs = 0
+    with pytest.raises(DataError, match="task.train_pairs"):
+        probes.build(c.data, c.task)
+
+
 def test_probe_batches_keep_each_source_documents_pair_together(tmp_path):
     """The shuffle moves whole source documents: a positive and its negative are always in the same batch (their
     gradients differ only where the texts do), and an epoch still visits every example once."""
@@ -188,6 +216,7 @@ def test_probe_batches_keep_each_source_documents_pair_together(tmp_path):
     c = finetune.get_config("task=word_order")
     c.data.train_files, c.data.val_fraction, c.data.tokenizer_type = str(tmp_path / "c.txt"), 0.2, "byte"
     c.train.batch_size, c.data.seq_len, c.model.max_len = 6, 96, 96  # no truncation: every text distinct
+    c.task.train_pairs = 1  # (more pairs repeat the positive)
     data = classify.build(c)
     groups = data.train.groups
     assert groups is not None and len(groups) == data.train.num_examples and np.all(np.bincount(groups)[groups] == 2)

@@ -66,6 +66,9 @@ def get_config(arg: str = "task=next_sentence") -> ml_collections.ConfigDict:
     c.task.eval_fraction = 0.3  # Probes: fraction of the validation documents that become probe-eval sources.
     c.task.max_words = 16  # Probes: words of text per example (next_sentence: half for each side).
     c.task.swaps = 1  # word_order: disjoint adjacent word pairs swapped in a negative example.
+    # Probes: (positive, negative) pairs per probe-train source document, each pair with another negative (another
+    # swap; another document's continuation). The probe-eval part always has one pair per source.
+    c.task.train_pairs = 4
     # Which hidden state stands for the example: 'first', 'last', 'mean', 'max' or '' (the architecture's default).
     c.task.pooling = "max" if a["task"] in PROBE_TASKS else ""
     # T5 only: 'encoder' pools the encoder output; 'decoder' feeds the text to the encoder and (after the start
