@@ -87,18 +87,18 @@ def run_probes(pretrained: str | None, arch: str | None = None, tasks=TASKS, wor
     results = {}
     for task in tasks:
         rundir = os.path.join(workdir, task)
+        config = probe_config(task, pretrained, arch, baseline, overrides)
         request = {"task": task, "pretrained": pretrained, "arch": arch, "baseline": baseline,
-                   "overrides": sweep.config_json(dict(overrides or {}))}
+                   "overrides": sweep.config_json(dict(overrides or {})), "config": sweep.config_json(config)}
         summary = _finished(rundir, request)
         what = f"{os.path.basename(pretrained or '') or arch}{' random init' if baseline or not pretrained else ''}"
         if summary is None:
-            config = probe_config(task, pretrained, arch, baseline, overrides)
             os.makedirs(rundir, exist_ok=True)
+            _write(os.path.join(rundir, REQUEST_FILE), {"request": request})  # before training: a resume knows it
             t0 = time.perf_counter()
             summary = loop.train_and_evaluate(config, rundir)
             summary["data"] = _read(os.path.join(rundir, "config.json")).get("data")
-            with open(os.path.join(rundir, REQUEST_FILE), "w") as f:
-                json.dump({"request": request, "wall_s": time.perf_counter() - t0}, f, indent=2)
+            _write(os.path.join(rundir, REQUEST_FILE), {"request": request, "wall_s": time.perf_counter() - t0})
         ev = summary["final_eval"]
         results[task] = {"accuracy": ev["eval/accuracy"], "f1": ev.get("eval/f1"), "chance": _chance(summary),
                          "examples": (summary.get("data") or {}).get("val_examples"), "steps": summary["steps"],
@@ -116,10 +116,31 @@ def _read(path: str) -> dict:
         return json.load(f)
 
 
+def _write(path: str, record: dict) -> None:
+    with open(path, "w") as f:
+        json.dump(record, f, indent=2)
+
+
 def _finished(rundir: str, request: dict) -> dict | None:
-    """The summary of a finished run of the same request, with its config.json data section; else None."""
+    """The summary of a finished run of the same request, with its config.json data section; None when there is
+    none yet (or an interrupted one to resume). A rundir holding a run of another request (another recipe, say,
+    after experiments/configs/finetune.py changed) raises SweepError rather than being reused or overwritten."""
     paths = [os.path.join(rundir, n) for n in (REQUEST_FILE, "summary.json", "config.json")]
-    if not all(os.path.isfile(p) for p in paths) or _read(paths[0]).get("request") != request:
+    if not os.path.isfile(paths[0]):
+        if os.path.isdir(rundir) and os.listdir(rundir):
+            raise sweep.SweepError(f"{rundir} holds files but no {REQUEST_FILE}, so what made them is unknown: "
+                                   f"delete {rundir} or use another --workdir")
+        return None
+    stored = _read(paths[0]).get("request") or {}
+    if stored != request:
+        if "config" not in stored:
+            diff = ["the fine-tuning config (not recorded by the version that made it)"]
+        else:
+            diff = [f"{k}: {stored.get(k)!r} -> {request[k]!r}" for k in request if k != "config"
+                    and stored.get(k) != request[k]] + sweep.config_diff(stored["config"], request["config"])
+        raise sweep.SweepError(f"{rundir} holds a probe run of another request ({'; '.join(diff[:6])}"
+                               f"{' ...' if len(diff) > 6 else ''}): delete {rundir} or use another --workdir")
+    if not all(os.path.isfile(p) for p in paths[1:]):
         return None
     summary = _read(paths[1])
     if summary.get("stopped_by") or "eval/accuracy" not in (summary.get("final_eval") or {}):

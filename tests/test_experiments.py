@@ -20,7 +20,7 @@ ABLATIONS = ["position", "norm", "mlp", "attention", "size", "nsp"]
 # ---------------------------------------------------------------------------------------------- suites, budgets
 
 
-def test_default_suite_matches_parameters_within_5_percent():
+def test_default_suite_matches_parameters_within_5_percent(tmp_path):
     suite = suites.load("default")
     runs = compare.suite_runs(suite)
     assert [r.name for r in runs] == ["bert", "gpt", "t5"]
@@ -35,6 +35,16 @@ def test_default_suite_matches_parameters_within_5_percent():
     runs = compare.suite_runs(suite, overrides={"train.batch_size": 16, "model.d_ff": 256})
     assert {r.config.train.batch_size for r in runs} == {16}
     assert [r.config.model.d_ff for r in runs] == [256, 256, 384]
+    # Each contender's own peak learning rate (experiments/suites/learning_rate.py); compare names the ones it keeps.
+    assert [r.config.train.learning_rate for r in compare.suite_runs(suite)] == [1e-3, 3e-3, 2e-3]
+    logs = []
+    compare.compare(str(tmp_path), "default", overrides={"train.learning_rate": 3e-3}, dry_run=True, log=logs.append)
+    assert [m for m in logs if "replaces" in m] == [
+        "[compare] bert: its own train.learning_rate=0.001 (the suite's) replaces --config.train.learning_rate=0.003",
+        "[compare] t5: its own train.learning_rate=0.002 (the suite's) replaces --config.train.learning_rate=0.003"]
+    lr_suite = suites.load("learning_rate")
+    grid = {(r.name, r.config.train.learning_rate, r.config.model.d_ff) for r in compare.suite_runs(lr_suite)}
+    assert len(grid) == 15 and ("t5@0.0005", 5e-4, 384) in grid and ("bert@0.005", 5e-3, 512) in grid
 
 
 def test_flops_budget_gives_equal_flops_across_contenders():
@@ -241,6 +251,11 @@ def test_compare_fine_tunes_every_contender_on_the_probes_with_a_random_init_bas
     compare.compare(str(work), str(suite), probe_overrides=quick, log=logs.append)  # finished: nothing re-runs
     assert metrics.stat().st_mtime_ns == before and not any("zero-shot" in m for m in logs)
     assert json.loads((work / "gpt" / "summary.json").read_text())["zero_shot_results"] == zero
+    # Another recipe (here one more pair per source) is refused, naming the field, and the finished run is kept.
+    with pytest.raises(sweep.SweepError, match=r"word_order holds a probe run of another request .*"
+                                               r"task.train_pairs: 4 -> 5.*delete"):
+        compare.compare(str(work), str(suite), probe_overrides={**quick, "task.train_pairs": 5}, log=logs.append)
+    assert metrics.stat().st_mtime_ns == before
 
 
 # ---------------------------------------------------------------------------------------------- report
