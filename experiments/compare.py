@@ -3,7 +3,7 @@ the report (report.md, report.json, PNG plots) into the workdir.
 
   python -m experiments.compare --workdir=runs/compare                  # default suite: bert, gpt, t5, FLOPs matched
   python -m experiments.compare --workdir=runs/c --contenders=gpt,t5 --budget_tokens=1e6
-  python -m experiments.compare --workdir=runs/c --budget_seconds=60 --config.train.learning_rate=1e-3
+  python -m experiments.compare --workdir=runs/c --budget_seconds=60 --config.train.weight_decay=0
   python -m experiments.compare --workdir=runs/c --suite=experiments/suites/mine.py --dry_run
 
 What is matched (one flag; default: the suite's budget):
@@ -19,15 +19,16 @@ curves of all contenders are sampled at the same fractions of the budget.
 
 Zero-shot probes (`--zero_shot=next_sentence,word_order`, default: the suite's, both for the default suite): after
 training, each contender scores the probe pairs with its own objective, no training (experiments/probes.py).
-Probes (`--probes=next_sentence,word_order`, default: the suite's, none for the default suite): after training,
-every contender is fine-tuned on each probe task with one recipe (experiments/configs/finetune.py), and so is the
-same model from a random init, the baseline; the report gains a column per task and per baseline
-(experiments/probes.py; about a minute per fine-tuning run on 2 CPU cores, 4 runs per contender). The default
-suite leaves them off: at its budget every contender fine-tunes to chance (measured, see experiments/probes.py).
+Probes (`--probes=next_sentence,word_order`, default: the suite's, both for the default suite; `--probes=` skips
+them): after training, every contender is fine-tuned on each probe task with one recipe
+(experiments/configs/finetune.py), and so is the same model from a random init, the baseline; the report gains a
+column per task and per baseline (experiments/probes.py; about 40 s per fine-tuning run on 2 CPU cores, 4 runs
+per contender).
 
 Each contender trains in `<workdir>/<name>`. Re-running the command skips finished contenders (summary.json of the
 same config) and resumes an interrupted one from its last checkpoint; the planned steps are kept in plan.json, so a
-seconds budget is measured once. `--config.*` overrides apply to every contender (before the suite's own).
+seconds budget is measured once. `--config.*` overrides apply to every contender, except where a contender's own
+overrides set the same field (the default suite's learning rates, T5's d_ff): those win, and compare says so.
 """
 
 from __future__ import annotations
@@ -122,6 +123,12 @@ def compare(workdir: str, suite_name: str = "default", contenders: list[str] | N
     budget = budget or tuple(suite["budget"])
     evals = evals or suite["evals"]
     runs = suite_runs(suite, contenders, overrides)
+    for r in runs:  # say so where a contender's own setting wins over the command line's
+        own = suite["contenders"][r.name]["overrides"]
+        for key in sorted(set(own) & set(overrides)):
+            if own[key] != overrides[key]:
+                log(f"[compare] {r.name}: its own {key}={own[key]} (the suite's) replaces --config.{key}="
+                    f"{overrides[key]}")
     params = check_params(runs, suite["param_tolerance"] if param_tolerance is None else param_tolerance)
     runs = plan(workdir, suite_name, runs, budget, evals, overrides, log=log)
     for r in runs:

@@ -10,7 +10,8 @@ get_suite() returns a dict:
                    the same model from a random init as the baseline (experiments/probes.py); default ()
   zero_shot        (optional) probe tasks each contender scores zero-shot after training; default ()
   overrides        (optional) {path: value} every contender shares; --config overrides replace them, a
-                   contender's own overrides come last; default {}
+                   contender's own overrides come last (compare logs where one replaces a --config value);
+                   default {}
 """
 
 import importlib
