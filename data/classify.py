@@ -24,7 +24,7 @@ adjacent, so a batch splits at most the first and last group it holds. A positiv
 a swapped word pair or in b, so within a batch the pair's gradient is that difference; shuffled apart, it drowns
 in the variation between documents. With examples
 shuffled one by one no model learned a probe in 600 steps (all at chance, 0.49-0.52); with the pairs together the
-default comparison's GPT reaches 0.69 on word_order and 0.57 on next_sentence (experiments/probes.py).
+default comparison's GPT reached 0.69 on word_order and 0.57 on next_sentence (experiments/probes.py).
 """
 
 from __future__ import annotations

@@ -123,7 +123,7 @@ def next_sentence(docs: list[str], rng: np.random.Generator, max_words: int, pai
 def word_order(docs: list[str], rng: np.random.Generator, max_words: int, swaps: int = 1,
                pairs: int = 1) -> list[dict]:
     """Per usable document, `pairs` (intact, swapped) pairs: the intact text and the same text with `swaps` disjoint
-    adjacent pairs swapped, each pair swapping different words (fewer pairs when the text allows fewer)."""
+    adjacent pairs swapped, each pair at other spots (fewer pairs when the text allows fewer)."""
     out = []
     for i, d in enumerate(docs):
         words = d.split()[:max_words]

@@ -30,10 +30,10 @@ the seed: at 1e-3, seeds 0, 1, 2 give 4.889, 4.937, 5.213 (zero-shot word_order 
 5.593, 5.789, 5.621 (49.1%, 53.9%, 63.0%): 1e-3 is better on every seed.
 
 After training, every contender scores the probe pairs zero-shot (about a minute for all three) and is fine-tuned
-on each probe task, as is the same model from a random init (12 runs of 600 steps, about 37 s each): the probe
+on each probe task, as is the same model from a random init (12 runs of 600 steps, about 40 s each): the probe
 columns of the report (experiments/probes.py). Training needs under 3 minutes on 2 free cores, the whole
-comparison about 11 (10 m 30 s measured from a fresh clone); on 2 shared cores at load average 7-14 expect 3-4
-times that.
+comparison about 12 (12 m 20 s measured from a clean clone, setting up .venv included); on 2 shared cores at
+load average 7-14 expect 3-4 times that.
 """
 
 
