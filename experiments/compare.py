@@ -141,8 +141,12 @@ def compare(workdir: str, suite_name: str = "default", contenders: list[str] | N
         for r in runs:
             print(r.command(workdir))
         return runs
-    for r in runs:  # a workdir holding another config is refused before plan.json is rewritten
+    from experiments import probes as probes_lib
+
+    for r in runs:  # a workdir holding another config (or probe run) is refused before plan.json is rewritten
         sweep.run_state(r, workdir)
+        if probes:
+            probes_lib.check_contender(os.path.join(workdir, r.name), probes, probe_overrides)
     old = sweep.read_plan(workdir) or {}
     request = _request(suite_name, budget, evals, overrides)
     records = [r.record() for r in runs]
@@ -154,7 +158,6 @@ def compare(workdir: str, suite_name: str = "default", contenders: list[str] | N
                                "runs": records, "hardware": sweep.hardware_record(old)})
     if not sweep.execute(runs, workdir, log=log):
         return runs
-    from experiments import probes as probes_lib
     from experiments import report
 
     for r in runs:

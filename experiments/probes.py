@@ -90,9 +90,7 @@ def run_probes(pretrained: str | None, arch: str | None = None, tasks=TASKS, wor
     results = {}
     for task in tasks:
         rundir = os.path.join(workdir, task)
-        config = probe_config(task, pretrained, arch, baseline, overrides)
-        request = {"task": task, "pretrained": pretrained, "arch": arch, "baseline": baseline,
-                   "overrides": sweep.config_json(dict(overrides or {})), "config": sweep.config_json(config)}
+        config, request = _request(task, pretrained, arch, baseline, overrides)
         summary = _finished(rundir, request)
         what = f"{os.path.basename(pretrained or '') or arch}{' random init' if baseline or not pretrained else ''}"
         if summary is None:
@@ -119,20 +117,39 @@ def _read(path: str) -> dict:
         return json.load(f)
 
 
+def _request(task: str, pretrained: str | None, arch: str | None, baseline: bool, overrides: dict | None):
+    """(fine-tuning config, the request a finished run of it records)."""
+    config = probe_config(task, pretrained, arch, baseline, overrides)
+    return config, {"task": task, "pretrained": pretrained, "arch": arch, "baseline": baseline,
+                    "overrides": sweep.config_json(dict(overrides or {})), "config": sweep.config_json(config)}
+
+
+def check_contender(rundir: str, tasks=TASKS, overrides: dict | None = None, baseline: bool = True) -> None:
+    """Raises SweepError if a probe rundir of `rundir` holds another request's run (what probe_contender would
+    refuse), so that compare can refuse before anything trains."""
+    pretrained = os.path.abspath(rundir)
+    for sub, base in (("", False), ("random_init", True))[:2 if baseline else 1]:
+        for task in tasks:
+            _finished(os.path.join(rundir, "probes", sub, task), _request(task, pretrained, None, base, overrides)[1],
+                      delete=os.path.join(rundir, "probes"))  # a changed recipe makes all of them stale
+
+
 def _write(path: str, record: dict) -> None:
     with open(path, "w") as f:
         json.dump(record, f, indent=2)
 
 
-def _finished(rundir: str, request: dict) -> dict | None:
+def _finished(rundir: str, request: dict, delete: str | None = None) -> dict | None:
     """The summary of a finished run of the same request, with its config.json data section; None when there is
     none yet (or an interrupted one to resume). A rundir holding a run of another request (another recipe, say,
-    after experiments/configs/finetune.py changed) raises SweepError rather than being reused or overwritten."""
+    after experiments/configs/finetune.py changed) raises SweepError rather than being reused or overwritten; its
+    message names `delete` (default: rundir) as the directory to delete."""
+    delete = delete or rundir
     paths = [os.path.join(rundir, n) for n in (REQUEST_FILE, "summary.json", "config.json")]
     if not os.path.isfile(paths[0]):
         if os.path.isdir(rundir) and os.listdir(rundir):
             raise sweep.SweepError(f"{rundir} holds files but no {REQUEST_FILE}, so what made them is unknown: "
-                                   f"delete {rundir} or use another --workdir")
+                                   f"delete {delete} or use another --workdir")
         return None
     stored = _read(paths[0]).get("request") or {}
     if stored != request:
@@ -142,7 +159,7 @@ def _finished(rundir: str, request: dict) -> dict | None:
             diff = [f"{k}: {stored.get(k)!r} -> {request[k]!r}" for k in request if k != "config"
                     and stored.get(k) != request[k]] + sweep.config_diff(stored["config"], request["config"])
         raise sweep.SweepError(f"{rundir} holds a probe run of another request ({'; '.join(diff[:6])}"
-                               f"{' ...' if len(diff) > 6 else ''}): delete {rundir} or use another --workdir")
+                               f"{' ...' if len(diff) > 6 else ''}): delete {delete} or use another --workdir")
     if not all(os.path.isfile(p) for p in paths[1:]):
         return None
     summary = _read(paths[1])

@@ -251,11 +251,13 @@ def test_compare_fine_tunes_every_contender_on_the_probes_with_a_random_init_bas
     compare.compare(str(work), str(suite), probe_overrides=quick, log=logs.append)  # finished: nothing re-runs
     assert metrics.stat().st_mtime_ns == before and not any("zero-shot" in m for m in logs)
     assert json.loads((work / "gpt" / "summary.json").read_text())["zero_shot_results"] == zero
-    # Another recipe (here one more pair per source) is refused, naming the field, and the finished run is kept.
+    # Another recipe (here one more pair per source) is refused before plan.json is rewritten, naming the field,
+    # and the finished run is kept.
+    plan_time = (work / "plan.json").stat().st_mtime_ns
     with pytest.raises(sweep.SweepError, match=r"word_order holds a probe run of another request .*"
                                                r"task.train_pairs: 4 -> 5.*delete"):
         compare.compare(str(work), str(suite), probe_overrides={**quick, "task.train_pairs": 5}, log=logs.append)
-    assert metrics.stat().st_mtime_ns == before
+    assert metrics.stat().st_mtime_ns == before and (work / "plan.json").stat().st_mtime_ns == plan_time
 
 
 # ---------------------------------------------------------------------------------------------- report
