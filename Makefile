@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 WORKDIR ?= runs/compare
+ARGS ?=
 
 .PHONY: demo test test-slow test-all lint venv clean
 
@@ -16,7 +17,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP)  ## The main job: the architecture comparison on the bundled corpus.
-	$(BIN)/python -m experiments.compare --workdir=$(WORKDIR)
+	$(BIN)/python -m experiments.compare --workdir=$(WORKDIR) $(ARGS)
 
 test: $(STAMP)  ## The default test suite (fast, CPU).
 	$(BIN)/python -m pytest -q -n 2 --durations=15

@@ -18,15 +18,17 @@ directly, with no training: the same numbers on every rerun.
 experiments/compare.py runs probe_contender for every contender when its suite (or --probes) names probe tasks.
 
 Measured with this recipe (max pooling, T5 through its decoder, 4 pairs per probe-train source kept in one batch,
-600 steps; about 40 s a run on 2 CPU cores) on the default comparison's contenders (4e12 FLOPs: 335 GPT/BERT
-steps, 816 T5 steps of batch 8), accuracy with the random-init baseline in brackets, n = 924 word_order / 928
-next_sentence examples (one standard error 1.6 points): BERT 0.661 (0.519) and 0.525 (0.509); GPT 0.708 (0.565)
-and 0.574 (0.501); T5 0.621 (0.577) and 0.518 (0.520). Every contender beats chance on word_order (T5 its baseline
-by under two standard errors of a difference); only the GPT beats chance on next_sentence. With 3x the FLOPs
-(--budget_flops=1.2e13): BERT 0.733 and 0.573, GPT 0.694 and 0.595, T5 0.679 and 0.525 (baselines as above):
-next_sentence still eludes T5, whose decoder only begins to read its encoder (train.evaluate --shuffle_encoder:
-+0.031 nats, against +0.004 at 4e12). The knowledge is there before fine-tuning uses all of it: the GPT's own
-likelihood prefers the intact text in 94% of word_order pairs.
+600 steps; about 40 s a run on 2 CPU cores), accuracy with the random-init baseline in brackets, n = 924
+word_order / 928 next_sentence examples (one standard error 1.6 points):
+  - the default comparison (4e13 FLOPs: 3,353 GPT/BERT steps, 8,158 T5 steps of batch 8): BERT 0.795 (0.519)
+    and 0.579 (0.509); GPT 0.732 (0.565) and 0.548 (0.501); T5 0.663 (0.577) and 0.572 (0.520): every contender
+    beats chance and its baseline on both tasks;
+  - at 4e12 (--budget_flops=4e12): BERT 0.661 (0.519) and 0.525 (0.509); GPT 0.708 (0.565) and 0.574 (0.501); T5
+    0.621 (0.577) and 0.518 (0.520): every contender beats chance on word_order, only the GPT on next_sentence;
+  - at 1.2e13: BERT 0.733 and 0.573, GPT 0.694 and 0.595, T5 0.679 and 0.525 (baselines as above).
+T5's next_sentence needs its encoder, which its decoder reads late (train.evaluate --shuffle_encoder: +0.004 nats
+at 4e12, +0.031 at 1.2e13, +0.082 at 4e13). The knowledge is there before fine-tuning uses all of it: at 4e12 the
+GPT's own likelihood prefers the intact text in 94% of word_order pairs.
 
 Each task trains in `<workdir>/<task>` with train.main's loop; a task whose run finished under the same request
 (the resolved fine-tuning config included) is read back, not trained again, and a rundir holding another

@@ -19,7 +19,7 @@ contender. For the probe tasks it also pools with 'max' over the tokens, trains 
 probe-train source document (task.train_pairs) and, for T5, reads the decoder's states with the text fed to both
 encoder and decoder (BART's way); other tasks use the architecture's default pooling of model/classifier.py and
 T5's encoder. Probe batches keep each source document's pairs together (data/classify.py). Measured on the
-contenders of the default comparison (experiments/probes.py):
+contenders of the comparison at 4e12 FLOPs (experiments/probes.py):
   - with one pair per source the runs memorised the ~1,080 training pairs (GPT train accuracy 0.93, eval 0.69,
     eval loss rising after step 200); with 4 the eval loss falls to the end: GPT word_order 0.693 -> 0.708,
     a BERT's 0.631 -> 0.661. Neither 1200 steps instead of 600 nor lr 1e-3 clearly helped (BERT word_order 0.653

@@ -1,5 +1,5 @@
 """The learning-rate grid behind the default suite: each of its contenders at each peak learning rate of LRS, at
-the default suite's budget, batch and schedule shape.
+4e12 training FLOPs with the default suite's batch and schedule shape.
 
   python -m experiments.compare --suite=learning_rate --workdir=runs/lr        (15 runs, about 15 minutes on 2 cores)
   python -m experiments.compare --suite=learning_rate --workdir=runs/lr --contenders=bert@0.001,bert@0.003
@@ -13,6 +13,7 @@ pretraining objective alone, never on the probes it is later judged by (pass --z
 from experiments.suites import default
 
 LRS = (5e-4, 1e-3, 2e-3, 3e-3, 5e-3)
+BUDGET = ("flops", 4e12)  # Where the grid was measured; --budget_flops=... runs it at another budget.
 
 
 def get_suite() -> dict:
@@ -24,4 +25,5 @@ def get_suite() -> dict:
             contenders[f"{name}@{lr:g}"] = dict(config=c["config"],
                                                overrides={**c["overrides"], "train.learning_rate": lr})
     return dict(base, description=f"The default suite's contenders at peak learning rates {', '.join(map(str, LRS))}; "
-                "compare eval losses within a contender only.", contenders=contenders, probes=(), zero_shot=())
+                "compare eval losses within a contender only.", contenders=contenders, probes=(), zero_shot=(),
+                budget=BUDGET)
