@@ -3,6 +3,9 @@
 import gzip
 import os
 
+import jax
+import jax.numpy as jnp
+
 from experiments.configs import base
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,3 +59,16 @@ def override(c, **overrides):
             node = node[p]
         node[leaf] = value
     return c
+
+
+def to_scanned(params, n_layers):
+    """Loop layout {'layer_i': tree} -> scan layout {'layers': tree stacked on axis 0}, in every stack."""
+    out = {}
+    for k, sub in params.items():
+        if isinstance(sub, dict) and "layer_0" in sub:
+            rest = {kk: vv for kk, vv in sub.items() if not kk.startswith("layer_")}
+            layers = [sub[f"layer_{i}"] for i in range(n_layers)]
+            out[k] = {**rest, "layers": jax.tree.map(lambda *xs: jnp.stack(xs), *layers)}
+        else:
+            out[k] = sub
+    return out

@@ -15,6 +15,7 @@ import pytest
 
 import model
 from model import config
+from tests.helpers import to_scanned
 
 B, L, S, V = 2, 8, 8, 100  # S == L lets T5 share compiled eager ops with GPT and BERT.
 # Compile-time over run-time for the jitted tests (halves XLA:CPU compile time of these tiny programs).
@@ -226,19 +227,6 @@ def loss_fn(m, args):
         return -jnp.mean(jax.nn.log_softmax(logits)[..., 5])
 
     return loss
-
-
-def to_scanned(params, n_layers):
-    """Loop layout {'layer_i': tree} -> scan layout {'layers': tree stacked on axis 0}, in every stack."""
-    out = {}
-    for k, sub in params.items():
-        if isinstance(sub, dict) and "layer_0" in sub:
-            rest = {kk: vv for kk, vv in sub.items() if not kk.startswith("layer_")}
-            layers = [sub[f"layer_{i}"] for i in range(n_layers)]
-            out[k] = {**rest, "layers": jax.tree.map(lambda *xs: jnp.stack(xs), *layers)}
-        else:
-            out[k] = sub
-    return out
 
 
 def test_remat_and_scan_equal_the_plain_loop():

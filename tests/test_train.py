@@ -72,14 +72,6 @@ def test_schedule_warmup_and_cosine_end():
     assert float(optim.schedule(tc)(30)) == pytest.approx((10 / 30) ** 0.5, rel=1e-5)
 
 
-def test_decay_mask_only_matrices():
-    params = {"embed": {"embedding": jnp.zeros((5, 3))}, "mlp": {"kernel": jnp.zeros((3, 4)), "bias": jnp.zeros(4)},
-              "norm": {"scale": jnp.zeros(3)}}
-    mask = optim.decay_mask(params)
-    assert mask == {"embed": {"embedding": False}, "mlp": {"kernel": True, "bias": False}, "norm": {"scale": False}}
-    assert optim.decay_mask(params, decay_embeddings=True)["embed"]["embedding"] is True
-
-
 def test_mesh_shape_resolution_and_errors():
     cfg = ml_collections.ConfigDict(dict(data=-1, fsdp=2, tensor=1))
     assert parallel.mesh_shape(cfg, 8) == {"data": 4, "fsdp": 2, "tensor": 1}
@@ -128,8 +120,13 @@ def test_initial_loss_is_log_vocab(built, arch):
 def test_microbatches_equal_one_big_batch(built, arch):
     config, data, mcfg, model, runner = built[arch]
     config = config.copy_and_resolve_references()
+    # A positive rate at step 0, and SGD, whose update is proportional to the gradient (Adam's first update is
+    # about lr * sign(g), blind to a wrongly scaled gradient).
+    config.train.warmup_steps, config.train.optimizer, config.train.momentum = 0, "sgd", 0.0
+    config.train.learning_rate = 0.1
     tx, lr = optim.make(config.train)
-    state = runner.init(jax.random.key(1))
+    params = runner.init(jax.random.key(1)).params
+    state = step_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
     batch = jax.tree.map(jnp.asarray, data.train.batch(0))
     results = []
     for k in (1, 2):
@@ -140,20 +137,30 @@ def test_microbatches_equal_one_big_batch(built, arch):
     (a, ma), (b, mb) = results
     np.testing.assert_allclose(ma["loss"], mb["loss"], rtol=1e-5)
     np.testing.assert_allclose(ma["grad_norm"], mb["grad_norm"], rtol=1e-4)
-    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6), a.params, b.params)
+    delta = [jax.tree.map(lambda new, old: np.asarray(new - old), r[0].params, state.params) for r in results]
+    # Every matrix took a step (a key bias need not: softmax ignores a shift shared by all keys).
+    flat = jax.tree_util.tree_flatten_with_path(delta[0])[0]
+    assert min(float(np.abs(v).max()) for p, v in flat if p[-1].key == "kernel") > 1e-5
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-3, atol=1e-8), *delta)
 
 
 def test_runner_equals_plain_jit(built):
     """The runner's step (compiled ahead of time over the mesh, state donated) against a plain jax.jit."""
     config, data, mcfg, model, runner = built["gpt"]
     tx, lr = optim.make(config.train)
-    batch = data.train.batch(3)
-    plain, mp = jax.jit(lambda s, b: step_lib.train_step(s, b, model=model, tx=tx, lr_schedule=lr, config=config))(
-        runner.init(jax.random.key(2)), jax.tree.map(jnp.asarray, batch))
-    ours, mo = runner.train(runner.init(jax.random.key(2)), batch)
-    np.testing.assert_allclose(mp["loss"], mo["loss"], rtol=1e-6)
+    plain_step = jax.jit(lambda s, b: step_lib.train_step(s, b, model=model, tx=tx, lr_schedule=lr, config=config))
+    initial = jax.device_get(runner.init(jax.random.key(2)).params)
+    plain, ours = runner.init(jax.random.key(2)), runner.init(jax.random.key(2))
+    for step in (3, 4):  # two steps: the first at warmup's rate 0, the second at a positive rate
+        batch = data.train.batch(step)
+        plain, mp = plain_step(plain, jax.tree.map(jnp.asarray, batch))
+        ours, mo = runner.train(ours, batch)
+        np.testing.assert_allclose(mp["loss"], mo["loss"], rtol=1e-6)
+    assert float(mo["lr"]) > 0
+    moved = jax.tree.map(lambda new, old: float(np.max(np.abs(np.asarray(new) - old))), ours.params, initial)
+    assert min(jax.tree.leaves(moved)) > 1e-5
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7), plain.params, ours.params)
-    assert int(ours.step) == 1
+    assert int(ours.step) == 2
 
 
 def _losses(workdir):

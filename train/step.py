@@ -81,6 +81,12 @@ def _split_microbatches(batch: dict, k: int) -> dict:
     return jax.tree.map(lambda x: x.reshape((k, x.shape[0] // k) + x.shape[1:]), batch)
 
 
+def apply_update(tx: optax.GradientTransformation, lr, grads, opt_state, params):
+    """(new params, new optimizer state): `tx` gives the update direction at rate 1 (train/optim.py), scaled by `lr`."""
+    direction, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, jax.tree.map(lambda d: lr * d, direction)), opt_state
+
+
 def train_step(
     state: TrainState,
     batch: dict,
@@ -124,16 +130,17 @@ def train_step(
         sums, grads = jax.lax.psum((sums, grads), axis_name)
     grads = jax.tree.map(lambda g: g / jnp.maximum(sums["weight"], 1.0), grads)
     grad_norm = optax.global_norm(grads)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    lr = lr_schedule(state.step)  # The schedule follows the step, skipped updates included (train/optim.py).
+    params, opt_state = apply_update(tx, lr, grads, state.opt_state, state.params)
     finite = jnp.isfinite(sums["loss"]) & jnp.isfinite(grad_norm)
     new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state)
     if config.train.nonfinite == "skip":
-        # Keep the old parameters and optimizer state but still advance the step (the batch is consumed).
+        # Keep the old parameters and optimizer state but still advance the step (the batch is consumed, and the
+        # next step applies the schedule's rate of its own step).
         kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), (params, opt_state),
                             (state.params, state.opt_state))
         new_state = TrainState(step=state.step + 1, params=kept[0], opt_state=kept[1])
-    metrics = dict(sums, grad_norm=grad_norm, lr=lr_schedule(state.step),
+    metrics = dict(sums, grad_norm=grad_norm, lr=lr,
                    nonfinite=1.0 - finite.astype(jnp.float32))
     return new_state, metrics
 
