@@ -83,7 +83,10 @@ def test_cache_hit_and_invalidation_on_same_size_edit(tmp_path):
 def test_byte_tokenizer_and_given_tokenizer(tmp_path):
     path = write_corpus(tmp_path, n_lines=300)
     b = corpus.load(data_config(path, tmp_path, tokenizer_type="byte"))
-    assert b.tokenizer.vocab_size == 363 and int((np.asarray(b.tokens["val"]) - 107 >= 0).sum()) > 0
+    assert b.tokenizer.vocab_size == 363  # 107 specials, then one id per byte value
+    val = np.asarray(b.tokens["val"]).astype(np.int64)  # (uint16 would wrap around in a subtraction)
+    assert set(np.unique(val[val < 107]).tolist()) == {b.tokenizer.eos_id}  # bytes and the document ends
+    assert int((val >= 107).sum()) == b.bytes["val"] > 0
     trained = corpus.load(data_config(path, tmp_path))
     given = corpus.load(data_config(path, tmp_path, tokenizer=trained.tokenizer.path))
     np.testing.assert_array_equal(given.tokens["train"], trained.tokens["train"])

@@ -1,6 +1,7 @@
 """Masks, position encodings, attention against a numpy reference, GQA, the cudnn fallback and sharding names."""
 
 import logging
+import math
 
 import flax.linen as nn
 import jax
@@ -82,6 +83,44 @@ def test_rope_and_alibi():
     assert sin.shape == (1, 4, 6) and float(sin[0, 0, 3]) == 1.0
 
 
+def test_rope_matches_the_rotate_half_reference():
+    """x * cos + rotate_half(x) * sin with the frequencies repeated over both halves (GPT-NeoX / Llama)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 7, 3, 8))
+    pos = np.array([[0, 1, 2, 3, 4, 5, 6], [5, 9, 13, 100, 2, 0, 1]])
+    for theta in (10000.0, 500.0):
+        inv_freq = 1.0 / theta ** (np.arange(0, 8, 2) / 8)
+        angles = pos[..., None] * inv_freq  # (B, L, 4)
+        emb = np.concatenate([angles, angles], axis=-1)[:, :, None, :]
+        rotate_half = np.concatenate([-x[..., 4:], x[..., :4]], axis=-1)
+        want = x * np.cos(emb) + rotate_half * np.sin(emb)
+        got = positions.apply_rope(jnp.asarray(x, jnp.float32), jnp.asarray(pos), theta)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def _press_get_slopes(n):
+    """ALiBi's slopes as Press et al. compute them (github.com/ofirpress/attention_with_linear_biases)."""
+    def get_slopes_power_of_2(n):
+        start = 2 ** (-(2 ** -(math.log2(n) - 3)))
+        ratio = start
+        return [start * ratio**i for i in range(n)]
+
+    if math.log2(n).is_integer():
+        return get_slopes_power_of_2(n)
+    closest_power_of_2 = 2 ** math.floor(math.log2(n))
+    return (get_slopes_power_of_2(closest_power_of_2)
+            + _press_get_slopes(2 * closest_power_of_2)[0::2][: n - closest_power_of_2])
+
+
+@pytest.mark.parametrize("heads", [3, 6, 8, 12, 20])
+def test_alibi_slopes_match_press_et_al(heads):
+    np.testing.assert_allclose(positions.alibi_slopes(heads), _press_get_slopes(heads), rtol=1e-6)
+    if heads == 3:  # by hand: 2^-4, 2^-8 from the 2-head sequence, then 2^-2 from the 4-head one
+        np.testing.assert_allclose(positions.alibi_slopes(3), [2**-4, 2**-8, 2**-2], rtol=1e-6)
+    b = np.asarray(positions.alibi_bias(heads, jnp.arange(4)[None], jnp.arange(4)[None]))
+    np.testing.assert_allclose(b[0, :, 3, 1], -2 * np.asarray(_press_get_slopes(heads)), rtol=1e-6)
+
+
 def numpy_attention(params, x, mask, scale):
     p = jax.tree.map(np.asarray, params)
     q = np.einsum("bld,dhk->blhk", x, p["query"]["kernel"]) + p["query"]["bias"]
@@ -107,24 +146,20 @@ def test_attention_matches_numpy(scaled):
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
 
 
-def test_gqa_equals_mha_with_repeated_kv_heads():
-    cfg_g = tiny(n_kv_heads=2, position="rope")
+@pytest.mark.parametrize("kv_heads", [1, 2])
+def test_gqa_equals_mha_with_repeated_kv_heads(kv_heads):
+    cfg_g = tiny(n_kv_heads=kv_heads, position="rope")
     x = jax.random.normal(jax.random.key(1), (2, 6, 32))
     mask = masks.causal(6)
     pg = fake_params(layers.Attention(cfg_g), x, x, mask)
     out_g = layers.Attention(cfg_g).apply({"params": pg}, x, x, mask)
     # MHA whose head h uses kv head h // (H // K): repeat each kv head for its group of query heads.
-    rep = lambda t, axis: jnp.repeat(t, 2, axis=axis)
+    rep = lambda t, axis: jnp.repeat(t, 4 // kv_heads, axis=axis)
     pm = dict(pg)
     for n in ("key", "value"):
         pm[n] = {"kernel": rep(pm[n]["kernel"], 1), "bias": rep(pm[n]["bias"], 0)}
-    out_m = layers.Attention(cfg_g.replace(n_kv_heads=0)).apply({"params": pm}, x, x, mask)
+    out_m = layers.Attention(cfg_g.replace(n_kv_heads=4)).apply({"params": pm}, x, x, mask)
     np.testing.assert_allclose(out_g, out_m, rtol=1e-5, atol=1e-5)
-    # n_kv_heads == n_heads is plain MHA, same parameter tree.
-    pm2 = fake_params(layers.Attention(cfg_g.replace(n_kv_heads=0)), x, x, mask)
-    out_4 = layers.Attention(cfg_g.replace(n_kv_heads=4)).apply({"params": pm2}, x, x, mask)
-    np.testing.assert_allclose(out_4, layers.Attention(cfg_g.replace(n_kv_heads=0)).apply({"params": pm2}, x, x,
-                                                                                           mask), atol=0)
 
 
 def test_cudnn_falls_back_to_xla_on_cpu(caplog):
