@@ -12,9 +12,14 @@ process builds it. Keys (B = rows, L = seq_len, S = encoder length, T = target l
 
 Ids are int32, weights float32 (0 on padding and on positions not predicted), target_bytes int32
 (= token_bytes[targets], the UTF-8 bytes each target covers; for bits per byte, weight them like the loss).
+
+The stream has an eos after every document. causal_lm, prefix_lm and mlm keep it (it is how they see document
+boundaries); span corruption drops it: T5 reads documents concatenated with no separator, as T5 does on C4, so eos
+appears only at the end of the encoder input and of the targets (see `span_corruption`).
 """
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -221,6 +226,7 @@ def span_lengths(tokens_length: int, noise_density: float, mean_span_length: flo
     return tokens_length - num_noise + num_spans + 1, num_noise + num_spans + 1
 
 
+@functools.cache
 def random_spans_helper(inputs_length: int, noise_density: float, mean_span_length: float) -> tuple[int, int]:
     """t5.data.preprocessors.random_spans_helper (one sentinel per span, eos appended).
 
@@ -239,6 +245,34 @@ def random_spans_helper(inputs_length: int, noise_density: float, mean_span_leng
         tokens_length -= 1
         targets_length -= 1
     return tokens_length, targets_length
+
+
+def _check_span_counts(raw: int, noise_density: float, mean_span_length: float, seq_len: int) -> None:
+    """DataError unless `raw` tokens hold at least as many non-noise tokens as noise spans.
+
+    Spans alternate non-noise, noise, ..., noise, so each noise span needs a non-noise token before it; in closed
+    form noise_density <= mean_span_length / (mean_span_length + 1), up to rounding at the example's length.
+    """
+    num_noise, num_spans = _span_counts(raw, noise_density, mean_span_length)
+    if raw - num_noise >= num_spans:
+        return
+    nd, msl = noise_density, mean_span_length
+    max_nd, min_msl = msl / (msl + 1), nd / (1 - nd)
+    if nd <= max_nd:  # Within the closed form; only rounding at this length breaks it.
+        fix = (
+            f"{nd} is within noise_density <= mean_span_length / (mean_span_length + 1) = {max_nd:.4g} but rounds past "
+            f"it at this length: lower noise_density or raise mean_span_length a little, or change data.seq_len"
+        )
+    else:
+        fix = (
+            f"use noise_density <= mean_span_length / (mean_span_length + 1) = {max_nd:.4g}, or mean_span_length >= "
+            f"noise_density / (1 - noise_density) = {min_msl:.4g}"
+        )
+    raise DataError(
+        f"objective.noise_density={nd} with objective.mean_span_length={msl} makes more noise spans than non-noise "
+        f"tokens ({num_spans} spans, {raw - num_noise} non-noise tokens in the {raw} raw tokens of data.seq_len="
+        f"{seq_len}), but each noise span follows a non-noise one: {fix}"
+    )
 
 
 def _span_fits(inputs_length: int, noise_density: float, mean_span_length: float) -> bool:
@@ -287,6 +321,25 @@ def _spans_to_sentinels(tokens: np.ndarray, mask: np.ndarray, sentinel_ids: np.n
     return replaced[~later].reshape(tokens.shape[0], out_len)
 
 
+def drop_eos(windows: np.ndarray, eos_id: int, n: int) -> np.ndarray:
+    """(B, n) int32: the first n tokens of each row of `windows` (B, W) that are not eos, in order.
+
+    Raises DataError if a row has fewer: a window of 2n + 1 stream tokens always has n, since the corpus writes no
+    empty documents and so no two eos in a row.
+    """
+    keep = windows != eos_id
+    have = keep.sum(1)
+    if (have < n).any():
+        b = int(np.argmax(have < n))
+        raise DataError(
+            f"span corruption needs {n} tokens that are not eos per row, but row {b} of the batch has {have[b]} in "
+            f"its {windows.shape[1]} stream tokens: the token stream has eos next to eos (a document with no tokens), "
+            f"which data/corpus.py does not write; rebuild the token cache or check the tokenizer"
+        )
+    take = keep & (np.cumsum(keep, axis=1) <= n)
+    return windows[take].reshape(len(windows), n).astype(np.int32)
+
+
 def span_corruption(
     windows: np.ndarray,
     rngs: Sequence[np.random.Generator],
@@ -296,17 +349,20 @@ def span_corruption(
     seq_len: int,
     target_len: int,
 ) -> dict[str, np.ndarray]:
-    """T5 span corruption (t5.data.preprocessors.span_corruption) of raw windows (B, W).
+    """T5 span corruption (t5.data.preprocessors.span_corruption) of stream windows (B, W).
 
+    T5 reads documents concatenated with no separator, as T5 does on C4: each row's eos (document ends) are dropped
+    and the first raw = random_spans_helper(seq_len, ...)[0] remaining tokens are corrupted (build gives W = 2 raw +
+    1, which always holds raw of them), so eos appears only at the end of the encoder input and of the targets.
     encoder_inputs: non-noise tokens with each noise span replaced by one sentinel, eos, pad to seq_len.
     targets: <extra_id_0> span_0 <extra_id_1> span_1 ... eos, pad to target_len. decoder_inputs: targets shifted
     right with pad (0) as the start token. weights: 1 on the real targets (sentinels and eos included).
     """
-    B, W = windows.shape
-    tokens = windows.astype(np.int32)
-    noise = random_spans_noise_mask(rngs, W, noise_density, mean_span_length)
-    num_noise, num_spans = _span_counts(W, noise_density, mean_span_length)
-    enc_len, tgt_len = span_lengths(W, noise_density, mean_span_length)
+    B = len(windows)
+    raw = random_spans_helper(seq_len, noise_density, mean_span_length)[0]
+    tokens = drop_eos(windows, tok.eos_id, raw)
+    noise = random_spans_noise_mask(rngs, raw, noise_density, mean_span_length)
+    enc_len, tgt_len = span_lengths(raw, noise_density, mean_span_length)
     enc = np.zeros((B, seq_len), np.int32)
     enc[:, : enc_len - 1] = _spans_to_sentinels(tokens, noise, tok.sentinel_ids, enc_len - 1)
     enc[:, enc_len - 1] = tok.eos_id
@@ -327,7 +383,7 @@ def span_corruption(
 
 @dataclasses.dataclass(frozen=True)
 class Objective:
-    """An objective bound to its settings: `window_len` (+ `random_len`) raw tokens per row in,
+    """An objective bound to its settings: `window_len` (+ `random_len`) stream tokens per row in,
     `fn(windows, rngs)` -> batch."""
 
     name: str
@@ -394,6 +450,7 @@ def build(config, tok) -> Objective:
     if msl < 1:
         raise DataError(f"objective.mean_span_length={msl} must be at least 1")
     raw, derived_t = random_spans_helper(L, nd, msl)
+    _check_span_counts(raw, nd, msl, L)
     enc_len, _ = span_lengths(raw, nd, msl)
     if raw < 2 or enc_len > L:
         fits = next(s for s in range(L + 1, L + 10_000) if _span_fits(s, nd, msl))
@@ -416,4 +473,5 @@ def build(config, tok) -> Objective:
     shapes = {"encoder_inputs": ((L,), i32)} | {
         k: ((T,), f32 if k == "weights" else i32) for k in ("targets", "decoder_inputs", "weights", "target_bytes")
     }
-    return Objective(name, raw, lambda w, rngs: span_corruption(w, rngs, tok, nd, msl, L, T), shapes)
+    # 2 raw + 1 stream tokens hold at least raw that are not eos (no two eos are adjacent); see span_corruption.
+    return Objective(name, 2 * raw + 1, lambda w, rngs: span_corruption(w, rngs, tok, nd, msl, L, T), shapes)

@@ -5,6 +5,7 @@ import pytest
 
 from data import objectives
 from data import tokenizer as tokenizer_lib
+from data.errors import DataError
 
 V = 2000
 
@@ -82,11 +83,16 @@ def reconstruct(enc, tgt, sentinels):
     return out
 
 
+def non_eos(w, n):
+    """The first n tokens of window w that are not eos (what span corruption corrupts)."""
+    return [t for t in w.tolist() if t != TOK.eos_id][:n]
+
+
 @pytest.mark.parametrize("L, density, span", [(128, 0.15, 3.0), (64, 0.3, 2.0), (32, 0.5, 4.0), (48, 0.15, 1.0)])
 def test_span_corruption_round_trip_and_statistics(L, density, span):
     raw, T = objectives.random_spans_helper(L, density, span)
     B = 400
-    w = windows(B, raw)
+    w = windows(B, 2 * raw + 1)
     b = objectives.span_corruption(w, rngs(B), TOK, density, span, L, T)
     assert b["encoder_inputs"].shape == (B, L) and b["targets"].shape == (B, T)
     enc_len, tgt_len = objectives.span_lengths(raw, density, span)
@@ -100,7 +106,7 @@ def test_span_corruption_round_trip_and_statistics(L, density, span):
         used = [t for t in enc if t in sentinels]
         assert used == sentinels[: len(used)], "sentinels must be <extra_id_0>, <extra_id_1>, ... in order"
         assert [t for t in tgt if t in sentinels] == used and tgt[0] == sentinels[0]
-        assert reconstruct(enc[:-1], tgt[:-1], sentinels) == w[i].tolist()
+        assert reconstruct(enc[:-1], tgt[:-1], sentinels) == non_eos(w[i], raw)
         n_spans += len(used)
         noise_tokens += tgt_len - 1 - len(used)
         pos = [j for j, t in enumerate(tgt) if t in sentinels] + [tgt_len - 1]
@@ -113,36 +119,16 @@ def test_span_corruption_round_trip_and_statistics(L, density, span):
     assert (b["decoder_inputs"][:, 0] == 0).all()
 
 
-def test_noise_mask_positions_are_uniform():
-    B, W = 4000, 100
-    mask = objectives.random_spans_noise_mask(rngs(B), W, 0.15, 3.0)
-    assert (mask.sum(1) == 15).all() and not mask[:, 0].any() and mask[:, -1].all()
-    # away from the ends (t5 always starts with non-noise and ends with noise) the noise is spread evenly
-    freq = mask[:, 10:-10].mean(0)
-    assert 0.11 < freq.mean() < 0.15 and freq.std() < 0.01
-    assert abs(freq[:40].mean() - freq[40:].mean()) < 0.01
+def short_document_stream(n_docs, seed=0, max_len=4):
+    """A token stream as data/corpus.py writes it: documents of 1..max_len tokens, each followed by eos."""
+    rng = np.random.default_rng(seed)
+    return np.concatenate([[*rng.integers(107, V, rng.integers(1, max_len + 1)), TOK.eos_id] for _ in range(n_docs)])
 
 
-def test_causal_and_prefix_lm():
-    B, L = 64, 32
-    w = windows(B, L + 1)
-    c = objectives.causal_lm(w, TOK.token_bytes)
-    np.testing.assert_array_equal(c["inputs"], w[:, :-1])
-    np.testing.assert_array_equal(c["targets"], w[:, 1:])
-    assert (c["weights"] == 1).all() and c["target_bytes"].dtype == np.int32
-    p = objectives.prefix_lm(w, rngs(B), TOK.token_bytes)
-    assert p["prefix_len"].dtype == np.int32 and p["prefix_len"].shape == (B,)
-    assert p["prefix_len"].min() >= 1 and p["prefix_len"].max() <= L - 1 and len(set(p["prefix_len"])) > 5
-    for i in range(B):
-        n = p["prefix_len"][i]
-        assert (p["weights"][i, : n - 1] == 0).all() and (p["weights"][i, n - 1 :] == 1).all()
-
-
-@pytest.mark.parametrize("name", ["prefix_lm", "mlm", "span_corruption"])
-def test_rows_depend_only_on_their_own_rng(name):
+def objective_config(name="span_corruption", seq_len=48, noise_density=0.15, mean_span_length=3.0):
     import ml_collections
 
-    cfg = ml_collections.ConfigDict(
+    return ml_collections.ConfigDict(
         dict(
             objective=dict(
                 name=name,
@@ -150,14 +136,86 @@ def test_rows_depend_only_on_their_own_rng(name):
                 mask_token_frac=0.8,
                 random_token_frac=0.1,
                 whole_word=False,
-                noise_density=0.15,
-                mean_span_length=3.0,
+                noise_density=noise_density,
+                mean_span_length=mean_span_length,
                 nsp=False,
             ),
-            data=dict(seq_len=48, target_len=0),
+            data=dict(seq_len=seq_len, target_len=0),
         )
     )
-    obj = objectives.build(cfg, TOK)
+
+
+@pytest.mark.parametrize("L, density, span", [(48, 0.15, 3.0), (32, 0.5, 1.0)])
+def test_span_corruption_has_eos_only_at_the_ends(L, density, span):
+    """T5 reads documents with no separator: eos ends the encoder input and the targets and appears nowhere else."""
+    obj = objectives.build(objective_config(seq_len=L, noise_density=density, mean_span_length=span), TOK)
+    raw = objectives.random_spans_helper(L, density, span)[0]
+    assert obj.window_len == 2 * raw + 1
+    stream = short_document_stream(3000)
+    B = 300
+    starts = np.random.default_rng(1).integers(0, len(stream) - obj.window_len + 1, B)
+    w = stream[starts[:, None] + np.arange(obj.window_len)].astype(np.int32)
+    # The tightest case: one-token documents, the window starting at an eos, so it holds exactly raw non-eos tokens.
+    w[0] = np.where(np.arange(obj.window_len) % 2 == 0, TOK.eos_id, 200 + np.arange(obj.window_len))
+    assert (w == TOK.eos_id).sum(1).max() == raw + 1
+    b = obj(w, rngs(B))
+    sentinels = TOK.sentinel_ids.tolist()
+    for i in range(B):
+        enc, tgt = b["encoder_inputs"][i], b["targets"][i]
+        real = np.flatnonzero(enc != TOK.pad_id)
+        assert np.flatnonzero(enc == TOK.eos_id).tolist() == [real[-1]], "eos only as the last encoder token"
+        last = np.flatnonzero(b["weights"][i])[-1]
+        assert np.flatnonzero(tgt == TOK.eos_id).tolist() == [last], "eos only at the last weighted target"
+        rebuilt = reconstruct(enc[: real[-1]].tolist(), tgt[:last].tolist(), sentinels)
+        assert rebuilt == non_eos(w[i], raw), "span corruption must corrupt the window's first raw non-eos tokens"
+
+
+def test_span_corruption_refuses_a_window_with_too_few_tokens():
+    obj = objectives.build(objective_config(), TOK)
+    w = windows(4, obj.window_len)
+    w[2, : obj.window_len // 2 + 2] = TOK.eos_id  # adjacent eos: fewer than raw tokens left
+    with pytest.raises(DataError, match=r"span corruption needs \d+ tokens that are not eos.*row 2"):
+        obj(w, rngs(4))
+
+
+@pytest.mark.parametrize("density, span", [(0.9, 1.0), (0.6, 1.0), (0.7, 2.0), (0.8, 3.0), (0.95, 10.0), (0.99, 50.0)])
+@pytest.mark.parametrize("L", [16, 48, 128])
+def test_impossible_span_settings_fail_in_build(density, span, L):
+    pattern = rf"objective\.noise_density={density} with objective\.mean_span_length={span} makes more noise spans"
+    with pytest.raises(DataError, match=pattern) as e:
+        objectives.build(objective_config(seq_len=L, noise_density=density, mean_span_length=span), TOK)
+    assert f"mean_span_length / (mean_span_length + 1) = {span / (span + 1):.4g}" in str(e.value)
+    assert f"mean_span_length >= noise_density / (1 - noise_density) = {density / (1 - density):.4g}" in str(e.value)
+
+
+@pytest.mark.parametrize("span", [1.0, 1.5, 2.0, 3.0, 4.5, 7.0])
+@pytest.mark.parametrize("L", [16, 33, 48, 128])
+def test_span_settings_near_the_boundary(span, L):
+    """Near noise_density = span / (span + 1), build refuses exactly the settings whose counts at this length give
+    fewer non-noise tokens than spans; every other one builds and makes a batch."""
+    edge = span / (span + 1)
+    built = 0
+    for density in (edge + 0.1, edge + 0.01, edge + 1e-3, edge, edge - 1e-6, edge - 1e-3, edge - 0.01, edge - 0.1):
+        cfg = objective_config(seq_len=L, noise_density=density, mean_span_length=span)
+        raw = objectives.random_spans_helper(L, density, span)[0]
+        num_noise, num_spans = objectives._span_counts(raw, density, span)
+        impossible = raw - num_noise < num_spans
+        if abs(density - edge) >= 0.1:  # Away from the boundary the closed form decides; near it, rounding may.
+            assert impossible == (density > edge)
+        if impossible:
+            with pytest.raises(DataError, match=r"objective\.noise_density=.* with objective\.mean_span_length="):
+                objectives.build(cfg, TOK)
+            continue
+        obj = objectives.build(cfg, TOK)
+        b = obj(windows(4, obj.window_len), rngs(4))
+        assert b["encoder_inputs"].shape == (4, L) and (b["weights"].sum(1) == num_noise + num_spans + 1).all()
+        built += 1
+    assert built >= 2
+
+
+@pytest.mark.parametrize("name", ["prefix_lm", "mlm", "span_corruption"])
+def test_rows_depend_only_on_their_own_rng(name):
+    obj = objectives.build(objective_config(name), TOK)
     w = windows(6, obj.window_len)
     whole = obj(w, rngs(6))
     halves = [obj(w[s], [np.random.default_rng([0, i]) for i in range(6)[s]]) for s in (slice(0, 3), slice(3, 6))]
