@@ -276,3 +276,23 @@ def preset(name: str, arch: str | None = None) -> ModelConfig:
             fields.update(n_layers=fields["n_layers"] // 2, n_decoder_layers=fields["n_layers"] // 2)
         return ModelConfig(**fields)
     raise ConfigError(f"unknown model preset {name!r}: choose one of {', '.join(PRESETS)}")
+
+
+# Fields a training run sets for itself, which leave a published architecture what it is: the vocabulary and the
+# longest sequence (the run's tokenizer and data.seq_len), the NSP head (objective.nsp), the padding id, and
+# regularisation, initialisation and implementation settings. Every other field must equal the preset's.
+RUN_FIELDS = ("vocab_size", "max_len", "nsp_head", "pad_id", "dropout", "attention_dropout", "init_std", "dtype",
+              "param_dtype", "attention_impl", "remat", "scan_layers")
+
+
+def _architecture(cfg: ModelConfig) -> dict[str, Any]:
+    """The fields outside RUN_FIELDS, with the derived ones resolved (n_kv_heads=0 and =n_heads are one model)."""
+    d = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in RUN_FIELDS}
+    return {**d, "n_kv_heads": cfg.kv_heads, "head_dim": cfg.dh, "n_decoder_layers": cfg.decoder_layers,
+            "type_vocab_size": cfg.type_vocab}
+
+
+def published_match(cfg: ModelConfig) -> str | None:
+    """The published preset ('gpt2', ...) whose architecture `cfg` is, up to RUN_FIELDS; None if none."""
+    arch = _architecture(cfg)
+    return next((name for name in _PUBLISHED if _architecture(preset(name)) == arch), None)

@@ -7,7 +7,11 @@ config.model.vocab_size by its tokenizer's size, i.e. config.data.vocab_size for
 data.tokenizer's file, or of the byte tokenizer, when those are set). Lengths: config.data.seq_len (the t5 encoder
 length S) and for t5 the decoder length T, both taken from the batch shapes data.objectives.build makes (so T is
 config.data.target_len, or when 0 the length span corruption needs for objective.noise_density and mean_span_length).
---json prints {"params", "flops_per_token" (training, = 3 x forward), "flops_per_step", "breakdown", ...}.
+A published architecture (model.config.published_match: the gpt2, bert-base, t5-small and t5.1.1-small variants,
+whatever vocabulary and length the run gives them) is also counted as published, at its own vocab_size and max_len
+(with BERT's pooler and NSP head when objective.nsp adds them to the run); the table shows that count first.
+--json prints {"params" (the run's), "published" ({"name", "vocab_size", "max_len", "params"}, or null),
+"flops_per_token" (training, = 3 x forward), "flops_per_step", "breakdown", ...}.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from model import flops
-from model.config import ConfigError, ModelConfig, from_dict
+from model.config import ConfigError, ModelConfig, from_dict, preset, published_match
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config, e.g. experiments/configs/gpt.py:small.")
 _JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of the table.")
@@ -67,9 +71,14 @@ def summarize(config, per_layer: bool = False) -> dict:
     seq_len, target_len = lengths(config, cfg, tok)
     batch = config.train.batch_size
     per_token = flops.flops_per_token(cfg, seq_len, target_len)
+    name = published_match(cfg)
+    pub = preset(name).replace(nsp_head=cfg.nsp_head) if name else None  # objective.nsp: the pretraining heads.
     return {
         "arch": cfg.arch,
         "params": flops.param_count(cfg),
+        "published": {"name": name, "vocab_size": pub.vocab_size, "max_len": pub.max_len,
+                      "params": flops.param_count(pub)} if pub else None,
+        "max_len": cfg.max_len,
         "matmul_params": flops.matmul_param_count(cfg),
         "flops_per_token": per_token["train"],
         "flops_per_step": flops.training_flops_per_step(cfg, batch, seq_len, target_len),
@@ -94,11 +103,26 @@ def _si(x: float) -> str:
     return f"{x:.0f} "
 
 
+def _published_lines(s: dict) -> list[str]:
+    """For a published architecture: its published count first, the run's (the table's total) beside it."""
+    pub = s["published"]
+    if pub is None:
+        return []
+    learned = any(p.endswith("/position_embedding") for p in s["breakdown"])  # Only then max_len counts.
+    sizes = lambda vocab, max_len: f"vocab_size {vocab:,}" + (f", max_len {max_len:,}" if learned else "")
+    label = f"{pub['name']} as published" + (" (with the NSP head)" if "nsp" in s["breakdown"] else "")
+    width = max(len(label), len("this run"))
+    return [f"{label:<{width}}  {pub['params']:>12,} parameters  ({sizes(pub['vocab_size'], pub['max_len'])})",
+            f"{'this run':<{width}}  {s['params']:>12,} parameters  ({sizes(s['vocab_size'], s['max_len'])}; "
+            f"the modules below)",
+            ""]
+
+
 def table(s: dict) -> str:
     """The human-readable report of `summarize`."""
     total = s["params"]
     width = max(len(p) for p in s["breakdown"]) + 2
-    lines = [f"{'module':<{width}}{'layers':>7}{'per layer':>13}{'params':>14}{'share':>8}"]
+    lines = _published_lines(s) + [f"{'module':<{width}}{'layers':>7}{'per layer':>13}{'params':>14}{'share':>8}"]
     for path, n in s["breakdown"].items():
         m = re.match(r"(\w+)/layer(?:s|_\*)/", path)
         layers = s["layers"][m.group(1)] if m else 1

@@ -77,10 +77,12 @@ def test_bert_without_head_extras():
     _check_tree(ModelConfig(**_BASE, arch="bert"))  # No token types, no transform, no output bias.
 
 
-# Published totals: GPT-2 small; BERT-base encoder without pooler (108,891,648) plus our MLM head
-# (transform 768*768 + 768, its LayerNorm 2*768, output bias 30,522 = 622,650); T5 and T5.1.1 small.
+# Published totals (Hugging Face): GPT2LMHeadModel gpt2 (tied head); BertForMaskedLM bert-base-uncased, i.e. the
+# encoder without pooler (108,891,648) plus the MLM head (transform 768*768 + 768, its LayerNorm 2*768, output bias
+# 30,522 = 622,650); T5ForConditionalGeneration t5-small (tied) and google/t5-v1_1-small (untied lm_head).
 PUBLISHED = {"gpt2": 124_439_808, "bert-base": 108_891_648 + 622_650, "t5-small": 60_506_624,
              "t5.1.1-small": 76_961_152}
+BERT_PRETRAINING = 110_106_428  # BertForPreTraining: + pooler 768*768 + 768 and NSP 768*2 + 2 (objective.nsp).
 
 
 @pytest.mark.parametrize("name", list(PUBLISHED))
@@ -181,6 +183,7 @@ def test_summary_matches_flops(arch):
     assert s["flops_per_token"] * s["tokens_per_example"] * config.train.batch_size == pytest.approx(
         s["flops_per_step"])
     assert "total" in summary.table(s)
+    assert s["published"] is None and summary.table(s).startswith("module")  # Our sizes are no published model.
 
 
 def test_summary_cli():
@@ -197,5 +200,81 @@ def test_summary_cli():
     s = json.loads(out.stdout)
     assert s["params"] == flops.param_count(preset("gpt2").replace(n_layers=2, vocab_size=8000, max_len=1024))
     assert {"params", "flops_per_token", "flops_per_step", "breakdown"} <= set(s)
+    assert s["published"] is None  # Two layers are not GPT-2.
+    run8k = flops.param_count(preset("gpt2").replace(vocab_size=8000))
+    out = run("--config=experiments/configs/gpt.py:gpt2", "--json")
+    assert out.returncode == 0, out.stderr
+    s = json.loads(out.stdout)
+    assert (s["params"], s["published"]) == (run8k, {"name": "gpt2", "vocab_size": 50257, "max_len": 1024,
+                                                      "params": PUBLISHED["gpt2"]})
+    out = run("--config=experiments/configs/gpt.py:gpt2")
+    assert out.returncode == 0, out.stderr
+    first, second = out.stdout.splitlines()[:2]
+    assert first.split() == ["gpt2", "as", "published", "124,439,808", "parameters", "(vocab_size", "50,257,",
+                             "max_len", "1,024)"], first
+    assert second.startswith("this run") and f"{run8k:,} parameters  (vocab_size 8,000, max_len 1,024" in second
     bad = run("--config=experiments/configs/gpt.py:tiny", "--config.model.mlp=nope")
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "model.mlp" in bad.stderr, bad.stderr
+
+
+def test_published_match():
+    from model.config import published_match
+
+    for name in PUBLISHED:
+        p = preset(name)
+        assert published_match(p) == name
+        # What a run sets for itself leaves it the published architecture.
+        run = p.replace(vocab_size=8000, max_len=2048, dropout=0.0, attention_dropout=0.0, init_std=0.01, pad_id=3,
+                        dtype="bfloat16", param_dtype="bfloat16", remat="full", scan_layers=True,
+                        n_kv_heads=p.n_heads)  # = the default 0.
+        assert published_match(run) == name
+        # Any change of the architecture does not, whether or not it changes the size.
+        for change in (dict(d_model=2 * p.d_model), dict(n_layers=p.n_layers + 1), dict(d_ff=p.d_ff + 64),
+                       dict(n_kv_heads=p.n_heads // 2), dict(position="rope"), dict(mlp="swiglu"),
+                       dict(tie_embeddings=not p.tie_embeddings, scale_tied_logits=False),
+                       dict(norm_position="post" if p.norm_position == "pre" else "pre"),
+                       dict(attention_scale=not p.attention_scale), dict(attention_window=64)):
+            assert published_match(p.replace(**change)) is None, (name, change)
+    assert published_match(preset("bert-base").replace(nsp_head=True)) == "bert-base"
+    for size in ("tiny", "small"):
+        for arch in ("gpt", "bert", "t5"):
+            assert published_match(preset(size, arch)) is None
+
+
+def test_run_fields_leave_the_published_count():
+    """Of the fields published_match ignores, only vocab_size, max_len and nsp_head change the parameter count,
+    and the published count is taken at the preset's values of those."""
+    from model.config import RUN_FIELDS
+
+    neutral = dict(pad_id=3, dropout=0.0, attention_dropout=0.0, init_std=0.01, dtype="bfloat16",
+                   param_dtype="bfloat16", attention_impl="cudnn", remat="dots", scan_layers=True)
+    assert set(neutral) == set(RUN_FIELDS) - {"vocab_size", "max_len", "nsp_head"}
+    for name in PUBLISHED:
+        for field, value in neutral.items():
+            assert flops.param_count(preset(name).replace(**{field: value})) == PUBLISHED[name], (name, field)
+
+
+@pytest.mark.parametrize("name", list(PUBLISHED))
+def test_summary_shows_published_count_first(name):
+    from experiments.configs import base
+    from model import summary
+
+    arch = {"g": "gpt", "b": "bert", "t": "t5"}[name[0]]
+    config = base.get_config(arch, name)
+    s = summary.summarize(config)
+    run = flops.param_count(model.from_dict(config.model, vocab_size=config.data.vocab_size))
+    p = preset(name)
+    assert s["published"] == {"name": name, "vocab_size": p.vocab_size, "max_len": p.max_len,
+                              "params": PUBLISHED[name]}
+    assert s["params"] == run == sum(s["breakdown"].values()) < PUBLISHED[name]  # 8,000 tokens, not 30-50k.
+    lines = summary.table(s).splitlines()
+    assert lines[0].startswith(f"{name} as published ") and f" {PUBLISHED[name]:,} parameters" in lines[0]
+    assert lines[1].startswith("this run ") and f" {run:,} parameters" in lines[1]
+    assert lines[0].index(" parameters") == lines[1].index(" parameters")  # The two counts right-aligned.
+    assert lines[3].startswith("module") and f"{run:,}" in next(ln for ln in lines if ln.startswith("total"))
+    if arch == "bert":  # objective.nsp adds the pooler and NSP head: BertForPreTraining's count.
+        config.objective.nsp = True
+        s = summary.summarize(config)
+        assert s["published"]["params"] == BERT_PRETRAINING
+        assert s["params"] == run + BERT_PRETRAINING - PUBLISHED[name]
+        assert summary.table(s).startswith(f"{name} as published (with the NSP head)   {BERT_PRETRAINING:,}")
