@@ -26,8 +26,9 @@ from data import pipeline
 from model import classifier, flops
 from model import config as model_config
 from train import checkpoint as ckpt_lib
-from train import losses, optim, parallel
+from train import losses, optim, parallel, validate
 from train import metrics as metrics_lib
+from train import workdir as workdir_lib
 
 
 def sequence_lengths(batch: dict) -> tuple[int, int]:
@@ -63,6 +64,7 @@ def build(config: ml_collections.ConfigDict, devices=None):
 
     `devices` defaults to all devices (the mesh must cover them); tests pass a subset.
     """
+    validate.validate(config)
     # Fine-tuning: objective "classify" reads labelled examples and wraps the model in a Classifier.
     classify = config.objective.name == "classify"
     builder = classify_data.build if classify else pipeline.build
@@ -139,14 +141,20 @@ def evaluate(runner, state, data, eval_steps: int) -> dict[str, float]:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Trains `config` in `workdir` (resuming from its newest checkpoint) and returns the final summary."""
+    """Trains `config` in `workdir` (resuming from its newest checkpoint) and returns the final summary.
+
+    The run holds its workdir throughout (train/workdir.py `claim`): a second run on it is refused at once."""
+    with workdir_lib.claim(workdir, lock=jax.process_index() == 0):
+        return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     t_start = time.perf_counter()
     metrics_lib.quiet_libraries()
     parallel.enable_compile_cache()
     data, mcfg, model, runner = build(config)
     tc = config.train
     lead = jax.process_index() == 0
-    os.makedirs(workdir, exist_ok=True)
     if lead:
         write_config(workdir, config, mcfg, data)
 

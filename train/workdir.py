@@ -1,19 +1,63 @@
 """Loads a workdir written by train.main or model.hf_import: its config, model, newest parameters and tokenizer.
 
 `load_workdir` is the one place that turns a workdir into (config, model config, model, params, tokenizer); it
-defines no flags, so sampling, evaluation and the probes (experiments/probes.py) can all import it.
+defines no flags, so sampling, evaluation and the probes (experiments/probes.py) can all import it. `claim` is how a
+training run holds its workdir, so that a second run on the same one is refused.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import socket
+
+from absl import logging
 
 from train import errors
+
+LOCK_FILE = ".lock"  # In the workdir; flock(2)-ed by the run that writes it, holds "pid <pid> on <host>".
 
 
 def _fail(msg: str):
     raise errors.UserError(msg)
+
+
+@contextlib.contextmanager
+def claim(workdir: str, lock: bool = True):
+    """Creates `workdir` and, with `lock`, holds it for the block: another process that claims it meanwhile gets a
+    UserError naming the holder (pid and host). Only process 0 of a multi-process run locks (the others share its
+    workdir). The lock is an flock(2) on <workdir>/.lock, which the OS drops when its holder exits (kill -9 too),
+    so the file left behind never blocks a later run."""
+    if not workdir:
+        _fail("--workdir is empty: pass the directory to write the run into")
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        _fail(f"--workdir={workdir} is a file, not a directory: choose a directory")
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        fd = os.open(os.path.join(workdir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644) if lock else None
+    except OSError as e:
+        _fail(f"--workdir={workdir} cannot be created ({e.strerror or e}): choose a writable directory")
+    if fd is None:
+        yield
+        return
+    try:
+        path = os.path.join(workdir, LOCK_FILE)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "a process that is starting"
+            _fail(f"--workdir={workdir} is in use by another run ({holder}, holding {path}): wait for that run to "
+                  "end or stop it, or choose another --workdir")
+        except OSError as e:  # a filesystem without flock: run unprotected rather than not at all
+            logging.warning("cannot lock %s (%s): nothing stops a second run on this workdir", path, e.strerror)
+        else:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _with_current_defaults(saved: dict, arch: str) -> ml_collections.ConfigDict:  # noqa: F821
