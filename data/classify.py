@@ -22,17 +22,14 @@ rows past the end repeat example 0 with weight 0, and `train.eval_steps = 0` mea
 Probe examples shuffle in groups: a source document's positives and negatives (task.train_pairs pairs) stay
 adjacent, so a batch splits at most the first and last group it holds. A positive and its negative differ only in
 a swapped word pair or in b, so within a batch the pair's gradient is that difference; shuffled apart, it drowns
-in the variation between documents. With examples
-shuffled one by one no model learned a probe in 600 steps (all at chance, 0.49-0.52); with the pairs together the
-default comparison's GPT reached 0.69 on word_order and 0.57 on next_sentence (experiments/probes.py).
+in the variation between documents (with examples shuffled one by one no model learned a probe: docs/results.md,
+"The probe recipe").
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,13 +39,10 @@ from data import corpus as corpus_lib
 from data import probes
 from data import tokenizer as tokenizer_lib
 from data.errors import DataError
+from data.pipeline import SPLIT_IDS
 
 TASKS = ("jsonl",) + probes.TASKS
 ARCHS = ("gpt", "bert", "t5")
-SPLIT_IDS = {"train": 0, "val": 1}
-# init_from: data settings taken from the pretrained run (its tokenizer; and for probe tasks its corpus).
-TOKENIZER_FIELDS = ("tokenizer", "tokenizer_type", "vocab_size", "cache_dir")
-CORPUS_FIELDS = ("train_files", "val_files", "val_fraction", "txt_documents", "jsonl_field")
 log = logging.getLogger(__name__)
 
 
@@ -95,13 +89,7 @@ def read_jsonl(path: Path) -> list[Example]:
         raise DataError(f"{path}: classification data must be .jsonl (or .jsonl.gz) with one "
                         "{\"text\": ..., \"label\": ...} record a line")
     out = []
-    for n, line in enumerate(corpus_lib._read_text(path).split("\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{n}: invalid JSON ({e.msg}); each line must be one JSON object") from None
+    for n, record in corpus_lib.jsonl_records(path):
         out.append(parse_record(record, f"{path}:{n}"))
     if not out:
         raise DataError(f"{path}: contains no examples (the file is empty); add {{\"text\": ..., \"label\": ...}} "
@@ -261,6 +249,7 @@ class Data:
     labels: list
     task: str
     truncated: dict[str, int]
+    eval_steps: int  # validation batches per evaluation (train.eval_steps, or every batch once when it is 0)
 
     @property
     def vocab_size(self) -> int:
@@ -270,63 +259,21 @@ class Data:
     def num_classes(self) -> int:
         return len(self.labels)
 
+    @property
+    def layout(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        """Batch key -> (per-example shape, dtype)."""
+        return {k: (v.shape[1:], v.dtype) for k, v in self.train.arrays.items()}
+
     def summary(self) -> dict:
         """Flat dict of task facts for logging (and config.json)."""
-        out = {"objective": "classify", "task": self.task, "labels": self.labels, "vocab_size": self.vocab_size,
-               "tokenizer": self.tokenizer.path or "byte"}
+        out = {"objective": "classify", "task": self.task, "labels": self.labels, "num_classes": self.num_classes,
+               "eval_steps": self.eval_steps, "vocab_size": self.vocab_size, "tokenizer": self.tokenizer.path or "byte"}
         for s in (self.train, self.val):
             targets = s.arrays["targets"][:, 0]
             out[f"{s.name}_examples"] = s.num_examples
             out[f"{s.name}_label_counts"] = np.bincount(targets, minlength=len(self.labels)).tolist()
             out[f"{s.name}_truncated"] = self.truncated[s.name]
         return out
-
-
-def pretrained_record(init_from: str) -> tuple[str, dict]:
-    """(path, contents) of the config.json of the workdir that `init_from` (workdir, checkpoints/ or a step
-    folder) belongs to."""
-    from train import checkpoint as ckpt_lib  # the checkpoint layout is train's; imported only when needed
-
-    path = os.path.join(init_from, "config.json")
-    if not os.path.isfile(path):
-        directory, _ = ckpt_lib.resolve(init_from)
-        path = os.path.join(os.path.dirname(directory), "config.json")
-    if not os.path.isfile(path):
-        raise DataError(f"init_from / task.model_from: {path} does not exist; fine-tuning takes the model config "
-                        "and tokenizer from it: pass a workdir written by train.main or hf_import")
-    with open(path) as f:
-        return path, json.load(f)
-
-
-def inherit_pretrained(config) -> None:
-    """With config.init_from (or task.model_from) set, overwrites (in place) config.model with that workdir's
-    model config, the tokenizer settings of config.data with its run's, and for probe tasks its corpus settings."""
-    source = config.init_from or config.task.model_from
-    if not source:
-        return
-    if config.init_from and config.task.model_from and config.init_from != config.task.model_from:
-        raise DataError(f"init_from={config.init_from!r} and task.model_from={config.task.model_from!r} differ; "
-                        "set only one (model_from is for a random-init model shaped like a pretrained one)")
-    path, record = pretrained_record(source)
-    try:
-        model, data = record["model_config"], record["config"]["data"]
-    except KeyError as e:
-        raise DataError(f"{path} has no {e.args[0]!r} section; pass a workdir written by train.main "
-                        "or hf_import") from None
-    for k, v in model.items():
-        config.model[k] = v
-    fields = TOKENIZER_FIELDS + (CORPUS_FIELDS if config.task.name in probes.TASKS else ())
-    for k in fields:
-        config.data[k] = data[k]
-    trained = (record.get("data") or {}).get("tokenizer", "")  # the tokenizer file the run trained, if any
-    if not config.data.tokenizer and trained not in ("", "byte") and os.path.isfile(trained):
-        config.data.tokenizer = trained
-    if config.model.position == "learned" and config.data.seq_len > config.model.max_len:
-        raise DataError(f"data.seq_len={config.data.seq_len} exceeds the pretrained model's max_len="
-                        f"{config.model.max_len} (learned positions); lower data.seq_len")
-    log.info("fine-tuning %s (%s, %s): model config and tokenizer%s from %s", config.model.arch, config.task.name,
-             "pretrained" if config.init_from else "random init", " and corpus" if config.task.name in probes.TASKS
-             else "", path)
 
 
 def _tokenizer(data, texts: list[str]):
@@ -359,8 +306,9 @@ def load_examples(config) -> tuple[list[Example], list[Example], object, str]:
 
 
 def build(config, process_index: int = 0, process_count: int = 1) -> Data:
-    """Classification data for config.task (after `inherit_pretrained`); resolves task.num_classes and
-    train.eval_steps = 0 in place so that config.json records them."""
+    """Classification data for config.task (fine-tuning from a pretrained run: after train/workdir.py's
+    `inherit_pretrained` has put that run's model and data settings into the config). The config is not changed:
+    the number of classes and the evaluation batches are facts of the returned Data."""
     if config.task.name not in TASKS:
         raise DataError(f"task.name: unknown {config.task.name!r}; choose one of {list(TASKS)}")
     B = config.train.batch_size
@@ -368,9 +316,6 @@ def build(config, process_index: int = 0, process_count: int = 1) -> Data:
         raise DataError(f"train.batch_size={B} must be positive and divisible by the {process_count} processes")
     if config.data.seq_len < 4:
         raise DataError(f"data.seq_len={config.data.seq_len} is too short for classification; use at least 4")
-    inherit_pretrained(config)
-    if config.task.dropout >= 0:  # the recipe's dropout, over whatever the model was pretrained with
-        config.model.dropout = config.task.dropout
     train, val, tok, source = load_examples(config)
     for name, cap in (("train", config.task.max_train_examples), ("val", config.task.max_eval_examples)):
         if cap < 0:
@@ -381,7 +326,6 @@ def build(config, process_index: int = 0, process_count: int = 1) -> Data:
     if config.task.num_classes not in (0, len(labels)):
         raise DataError(f"task.num_classes={config.task.num_classes} but the training data has {len(labels)} labels "
                         f"{labels}; set task.num_classes=0 to derive it")
-    config.task.num_classes = len(labels)
     if config.model.pad_id != tok.pad_id:
         raise DataError(f"model.pad_id={config.model.pad_id} but the tokenizer's pad id is {tok.pad_id}; set it")
     per = B // process_count
@@ -396,9 +340,8 @@ def build(config, process_index: int = 0, process_count: int = 1) -> Data:
         splits[name] = Split(name, arrays, config.seed, B, rows, groups)
     if config.train.eval_steps < 0:
         raise DataError(f"train.eval_steps={config.train.eval_steps} must be >= 0 (0 = the whole validation set)")
-    if config.train.eval_steps == 0:
-        config.train.eval_steps = splits["val"].num_batches
+    eval_steps = config.train.eval_steps or splits["val"].num_batches
     if truncated["train"] or truncated["val"]:
         log.warning("%d train and %d validation examples were truncated to data.seq_len=%d", truncated["train"],
                     truncated["val"], config.data.seq_len)
-    return Data(tok, splits["train"], splits["val"], labels, config.task.name, truncated)
+    return Data(tok, splits["train"], splits["val"], labels, config.task.name, truncated, eval_steps)

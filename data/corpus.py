@@ -107,19 +107,24 @@ def _read_text(path: Path) -> str:
         ) from None
 
 
+def jsonl_records(path: Path, text: str | None = None):
+    """(line number, parsed record) of each non-empty line of a .jsonl(.gz) file; DataError naming file:line."""
+    for n, line in enumerate((_read_text(path) if text is None else text).split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            yield n, json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{n}: invalid JSON ({e.msg}); each line must be one JSON object") from None
+
+
 def read_documents(path: Path, txt_documents: str, jsonl_field: str) -> list[str]:
     """Documents of one file: stripped, empty ones dropped; raises DataError if none are left."""
     text = _read_text(path)
     name = path.name.removesuffix(".gz")
     if name.endswith(".jsonl"):
         docs = []
-        for n, line in enumerate(text.split("\n"), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{n}: invalid JSON ({e.msg}); each line must be one JSON object") from None
+        for n, record in jsonl_records(path, text):
             if not isinstance(record, dict) or jsonl_field not in record:
                 raise DataError(
                     f"{path}:{n}: record has no {jsonl_field!r} field; set data.jsonl_field to the field "

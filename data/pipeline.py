@@ -142,10 +142,16 @@ class Data:
     objective: objectives.Objective
     cache_hit: bool
     cache_path: str
+    eval_steps: int  # validation batches per evaluation (train.eval_steps)
 
     @property
     def vocab_size(self) -> int:
         return self.tokenizer.vocab_size
+
+    @property
+    def layout(self) -> dict[str, tuple[tuple[int, ...], type]]:
+        """Batch key -> (per-example shape, dtype)."""
+        return dict(self.objective.shapes)
 
     def summary(self) -> dict:
         """Flat dict of corpus facts for logging."""
@@ -222,7 +228,8 @@ def build(config, process_index: int = 0, process_count: int = 1) -> Data:
             corpus.documents[name],
             corpus.bytes[name],
         )
-    data = Data(tok, splits["train"], splits["val"], objective, corpus.cache_hit, corpus.cache_path)
+    data = Data(tok, splits["train"], splits["val"], objective, corpus.cache_hit, corpus.cache_path,
+                config.train.eval_steps)
     needed = config.train.eval_steps * B
     if needed > data.val.num_windows:
         log.warning(

@@ -20,7 +20,8 @@ source document, which its positives and negatives share (fine-tuning keeps them
                  alphabetic, different words swapped (never the first word, so capitalisation and punctuation give
                  nothing away; the swap is always inside the text the model sees).
 
-  python -m data.probes --task=word_order --out=/tmp/probes   # writes train.jsonl and val.jsonl to look at
+  python -m data.probes --config=experiments/configs/finetune.py:task=word_order --out=/tmp/probes
+                                                   # writes train.jsonl and val.jsonl to look at
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ import os
 import re
 
 import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
 
 from data import corpus as corpus_lib
 from data.errors import DataError
@@ -189,19 +192,14 @@ def write(records: dict[str, list[dict]], directory: str) -> dict[str, str]:
 
 
 def main(argv):
-    from absl import flags
-
-    from experiments.configs import finetune
-
-    fv = flags.FLAGS
-    config = finetune.get_config(f"task={fv.task}")
-    paths = write(build(config.data, config.task), fv.out)
+    config = flags.FLAGS.config
+    paths = write(build(config.data, config.task), flags.FLAGS.out)
     print(f"wrote {paths['train']} and {paths['eval']}")
 
 
 if __name__ == "__main__":
-    from absl import app, flags
-
-    flags.DEFINE_enum("task", "next_sentence", list(TASKS), "Probe task.")
-    flags.DEFINE_string("out", None, "Directory for train.jsonl and val.jsonl.", required=True)
+    config_flags.DEFINE_config_file("config", None, "A fine-tuning config with a probe task, e.g. "
+                                    "experiments/configs/finetune.py:task=word_order.", lock_config=True)
+    flags.DEFINE_string("out", None, "Directory for train.jsonl and val.jsonl.")
+    flags.mark_flags_as_required(["config", "out"])
     app.run(main)

@@ -22,8 +22,8 @@ training, each contender scores the probe pairs with its own objective, no train
 Probes (`--probes=next_sentence,word_order`, default: the suite's, both for the default suite; `--probes=` skips
 them): after training, every contender is fine-tuned on each probe task with one recipe
 (experiments/configs/finetune.py), and so is the same model from a random init, the baseline; the report gains a
-column per task and per baseline (experiments/probes.py; about 40 s per fine-tuning run on 2 CPU cores, 4 runs
-per contender).
+column per task and per baseline (experiments/probes.py; 4 short fine-tuning runs per contender for the two tasks,
+their cost in docs/results.md).
 
 Each contender trains in `<workdir>/<name>`. Re-running the command skips finished contenders (summary.json of the
 same config) and resumes an interrupted one from its last checkpoint; the planned steps are kept in plan.json, so a
@@ -37,9 +37,13 @@ import json
 import os
 import sys
 
+from absl import flags
+
 from data.probes import TASKS as PROBE_TASKS
-from experiments import suites, sweep
-from experiments.sweep import Run, SweepError
+from experiments import planning, report, suites, sweep
+from experiments import probes as probes_lib
+from experiments.planning import Run, SweepError
+from train import errors
 
 
 def suite_runs(suite: dict, names: list[str] | None = None, overrides: dict | None = None) -> list[Run]:
@@ -51,14 +55,14 @@ def suite_runs(suite: dict, names: list[str] | None = None, overrides: dict | No
     if unknown:
         raise SweepError(f"--contenders: unknown {unknown}; this suite has {list(contenders)}")
     shared = {**suite.get("overrides", {}), **(overrides or {})}
-    return [sweep.make_run(contenders[n]["config"], {**shared, **contenders[n]["overrides"]}, group=n, hashed=False)
+    return [planning.make_run(contenders[n]["config"], {**shared, **contenders[n]["overrides"]}, group=n, hashed=False)
             for n in names]
 
 
 def check_params(runs: list[Run], tolerance: float) -> dict[str, int]:
     """Parameter counts (model/flops.py, tokenizer vocabulary = data.vocab_size); raises if they differ by more
     than `tolerance` (max / min - 1)."""
-    params = {r.name: sweep.shape_facts(r.config)["params"] for r in runs}
+    params = {r.name: planning.shape_facts(r.config)["params"] for r in runs}
     spread = max(params.values()) / min(params.values()) - 1
     if spread > tolerance:
         listing = ", ".join(f"{n} {p:,}" for n, p in params.items())
@@ -73,7 +77,7 @@ def _as_stored(value):
 
 def _defined(overrides: dict) -> dict:
     """A run's overrides without those its budget plan added (steps, warmup, evaluation spacing), as stored."""
-    return _as_stored({k: v for k, v in overrides.items() if k not in sweep.PLANNED_KEYS})
+    return _as_stored({k: v for k, v in overrides.items() if k not in planning.PLANNED_KEYS})
 
 
 def _request(suite_name: str, budget, evals: int, overrides: dict) -> dict:
@@ -86,20 +90,20 @@ def plan(workdir: str, suite_name: str, runs: list[Run], budget, evals: int, ove
     """The runs with their steps; contenders planned earlier under the same request, with the same config file and
     overrides (the suite's may have changed since), keep their plan."""
     request = _request(suite_name, budget, evals, overrides)
-    old = sweep.read_plan(workdir) or {}
+    old = planning.read_plan(workdir) or {}
     reuse = {r["name"]: r for r in old.get("runs", [])} if old.get("request") == request else {}
     out, todo = [], []
     for run in runs:
         rec = reuse.get(run.name)
         if rec and rec["config_file"] == run.config_file and _defined(rec["overrides"]) == _defined(run.overrides):
-            again = sweep.make_run(rec["config_file"], rec["overrides"], group=run.group, variant=run.variant,
-                                   hashed=False)
+            again = planning.make_run(rec["config_file"], rec["overrides"], group=run.group, variant=run.variant,
+                                      hashed=False)
             again.measured_step_s = rec.get("measured_step_s")
             out.append(again)
         else:
             out.append(None)
             todo.append(run)
-    fresh = iter(sweep.plan_budget(todo, budget[0], budget[1], evals, log=log))
+    fresh = iter(planning.plan_budget(todo, budget[0], budget[1], evals, log=log))
     return [r if r is not None else next(fresh) for r in out]
 
 
@@ -132,7 +136,7 @@ def compare(workdir: str, suite_name: str = "default", contenders: list[str] | N
     params = check_params(runs, suite["param_tolerance"] if param_tolerance is None else param_tolerance)
     runs = plan(workdir, suite_name, runs, budget, evals, overrides, log=log)
     for r in runs:
-        f = sweep.shape_facts(r.config)
+        f = planning.shape_facts(r.config)
         steps = r.config.train.steps
         log(f"[compare] {r.name:>6}: {params[r.name]:,} params, {f['flops_per_step'] / 1e9:.2f} GFLOP and "
             f"{f['tokens_per_step']:,} tokens per step, {steps} steps = {steps * f['flops_per_step']:.3e} FLOPs, "
@@ -141,25 +145,21 @@ def compare(workdir: str, suite_name: str = "default", contenders: list[str] | N
         for r in runs:
             print(r.command(workdir))
         return runs
-    from experiments import probes as probes_lib
-
     for r in runs:  # a workdir holding another config (or probe run) is refused before plan.json is rewritten
-        sweep.run_state(r, workdir)
+        planning.run_state(r, workdir)
         if probes:
             probes_lib.check_contender(os.path.join(workdir, r.name), probes, probe_overrides)
-    old = sweep.read_plan(workdir) or {}
+    old = planning.read_plan(workdir) or {}
     request = _request(suite_name, budget, evals, overrides)
     records = [r.record() for r in runs]
     if old.get("request") == request:  # keep the plan of contenders left out this time (--contenders)
         records += [r for r in old["runs"] if r["name"] not in {x.name for x in runs}]
-    sweep.write_plan(workdir, {"kind": "compare", "request": request, "suite": suite_name,
-                               "description": suite["description"],
-                               "budget": {"kind": budget[0], "value": float(budget[1])},
-                               "runs": records, "hardware": sweep.hardware_record(old)})
-    if not sweep.execute(runs, workdir, log=log):
+    planning.write_plan(workdir, {"kind": "compare", "request": request, "suite": suite_name,
+                                  "description": suite["description"],
+                                  "budget": {"kind": budget[0], "value": float(budget[1])},
+                                  "runs": records, "hardware": planning.hardware_record(old)})
+    if not planning.execute(runs, workdir, log=log):
         return runs
-    from experiments import report
-
     for r in runs:
         rundir = os.path.join(workdir, r.name)
         if zero_shot:
@@ -172,10 +172,6 @@ def compare(workdir: str, suite_name: str = "default", contenders: list[str] | N
 
 
 def main(argv: list[str]) -> None:
-    from absl import flags
-
-    from train import errors
-
     fv = flags.FLAGS
     with errors.one_line():
         if len(argv) > 1:
@@ -192,10 +188,6 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    from absl import flags
-
-    from train import errors
-
     flags.DEFINE_string("suite", "default", "Suite: a module of experiments/suites ('default') or a .py path.")
     flags.DEFINE_string("contenders", "", "Comma-separated subset of the suite's contenders ('' = all).")
     flags.DEFINE_string("probes", None, "Comma-separated probe tasks to fine-tune every contender on after training "

@@ -17,18 +17,8 @@ directly, with no training: the same numbers on every rerun.
 
 experiments/compare.py runs probe_contender for every contender when its suite (or --probes) names probe tasks.
 
-Measured with this recipe (max pooling, T5 through its decoder, 4 pairs per probe-train source kept in one batch,
-600 steps; about 40 s a run on 2 CPU cores), accuracy with the random-init baseline in brackets, n = 924
-word_order / 928 next_sentence examples (one standard error 1.6 points):
-  - the default comparison (4e13 FLOPs: 3,353 GPT/BERT steps, 8,158 T5 steps of batch 8): BERT 0.795 (0.519)
-    and 0.579 (0.509); GPT 0.732 (0.565) and 0.548 (0.501); T5 0.663 (0.577) and 0.572 (0.520): every contender
-    beats chance and its baseline on both tasks;
-  - at 4e12 (--budget_flops=4e12): BERT 0.661 (0.519) and 0.525 (0.509); GPT 0.708 (0.565) and 0.574 (0.501); T5
-    0.621 (0.577) and 0.518 (0.520): every contender beats chance on word_order, only the GPT on next_sentence;
-  - at 1.2e13: BERT 0.733 and 0.573, GPT 0.694 and 0.595, T5 0.679 and 0.525 (baselines as above).
-T5's next_sentence needs its encoder, which its decoder reads late (train.evaluate --shuffle_encoder: +0.004 nats
-at 4e12, +0.031 at 1.2e13, +0.082 at 4e13). The knowledge is there before fine-tuning uses all of it: at 4e12 the
-GPT's own likelihood prefers the intact text in 94% of word_order pairs.
+The recipe (max pooling, T5 through its decoder, 4 pairs per probe-train source kept in one batch, 600 steps) and
+what it measures for the default comparison's contenders at each budget tried: docs/results.md.
 
 Each task trains in `<workdir>/<task>` with train.main's loop; a task whose run finished under the same request
 (the resolved fine-tuning config included) is read back, not trained again, and a rundir holding another
@@ -43,11 +33,15 @@ import os
 import time
 
 import numpy as np
-from absl import logging
+from absl import app, flags, logging
 
 from data import probes as probe_data
-from experiments import sweep
+from experiments import planning
 from experiments.configs import finetune
+from experiments.planning import SweepError
+from model import scoring
+from train import errors, loop
+from train.workdir import load_workdir
 
 TASKS = probe_data.TASKS
 REQUEST_FILE = "probe.json"
@@ -58,14 +52,14 @@ def probe_config(task: str, pretrained: str | None, arch: str | None = None, bas
     """The fine-tuning config of one probe run: from `pretrained` (or, with baseline, its shape at random init),
     or a random-init tiny `arch` when pretrained is None."""
     if pretrained is None and arch is None:
-        raise sweep.SweepError("run_probes: pass a pretrained workdir or an arch for the random-init tiny model")
+        raise SweepError("run_probes: pass a pretrained workdir or an arch for the random-init tiny model")
     config = finetune.get_config(f"task={task}" + (f",arch={arch}" if arch else ""))
     if pretrained is not None:
         if baseline:
             config.task.model_from = pretrained
         else:
             config.init_from = pretrained
-    return sweep.apply_overrides(config, dict(overrides or {}))
+    return planning.apply_overrides(config, dict(overrides or {}))
 
 
 def _chance(summary: dict) -> float | None:
@@ -80,15 +74,13 @@ def run_probes(pretrained: str | None, arch: str | None = None, tasks=TASKS, wor
     pretrained: a workdir (fine-tuned from its parameters, or with baseline=True the same model and tokenizer from
     a random init); None: a random-init `tiny` model of `arch`. overrides: {'train.steps': 300, ...} for every task.
     """
-    from train import loop
-
     if pretrained is not None:
         pretrained = os.path.abspath(pretrained)
         if arch is not None:
             with open(os.path.join(pretrained, "config.json")) as f:
                 have = json.load(f)["model_config"]["arch"]
             if have != arch:
-                raise sweep.SweepError(f"run_probes: {pretrained} is a {have} model, not arch={arch!r}")
+                raise SweepError(f"run_probes: {pretrained} is a {have} model, not arch={arch!r}")
     results = {}
     for task in tasks:
         rundir = os.path.join(workdir, task)
@@ -123,7 +115,7 @@ def _request(task: str, pretrained: str | None, arch: str | None, baseline: bool
     """(fine-tuning config, the request a finished run of it records)."""
     config = probe_config(task, pretrained, arch, baseline, overrides)
     return config, {"task": task, "pretrained": pretrained, "arch": arch, "baseline": baseline,
-                    "overrides": sweep.config_json(dict(overrides or {})), "config": sweep.config_json(config)}
+                    "overrides": planning.config_json(dict(overrides or {})), "config": planning.config_json(config)}
 
 
 def check_contender(rundir: str, tasks=TASKS, overrides: dict | None = None, baseline: bool = True) -> None:
@@ -150,8 +142,8 @@ def _finished(rundir: str, request: dict, delete: str | None = None) -> dict | N
     paths = [os.path.join(rundir, n) for n in (REQUEST_FILE, "summary.json", "config.json")]
     if not os.path.isfile(paths[0]):
         if os.path.isdir(rundir) and os.listdir(rundir):
-            raise sweep.SweepError(f"{rundir} holds files but no {REQUEST_FILE}, so what made them is unknown: "
-                                   f"delete {delete} or use another --workdir")
+            raise SweepError(f"{rundir} holds files but no {REQUEST_FILE}, so what made them is unknown: "
+                             f"delete {delete} or use another --workdir")
         return None
     stored = _read(paths[0]).get("request") or {}
     if stored != request:
@@ -159,9 +151,9 @@ def _finished(rundir: str, request: dict, delete: str | None = None) -> dict | N
             diff = ["the fine-tuning config (not recorded by the version that made it)"]
         else:
             diff = [f"{k}: {stored.get(k)!r} -> {request[k]!r}" for k in request if k != "config"
-                    and stored.get(k) != request[k]] + sweep.config_diff(stored["config"], request["config"])
-        raise sweep.SweepError(f"{rundir} holds a probe run of another request ({'; '.join(diff[:6])}"
-                               f"{' ...' if len(diff) > 6 else ''}): delete {delete} or use another --workdir")
+                    and stored.get(k) != request[k]] + planning.config_diff(stored["config"], request["config"])
+        raise SweepError(f"{rundir} holds a probe run of another request ({'; '.join(diff[:6])}"
+                         f"{' ...' if len(diff) > 6 else ''}): delete {delete} or use another --workdir")
     if not all(os.path.isfile(p) for p in paths[1:]):
         return None
     summary = _read(paths[1])
@@ -198,12 +190,9 @@ def pair_accuracy(scores) -> float:
 def zero_shot(workdir: str, tasks=TASKS, log=print) -> dict[str, dict]:
     """{task: {'accuracy', 'pairs', 'wall_s'}}: the probe-eval pairs of each task scored by the pretrained model in
     `workdir` (see the module docstring)."""
-    from model import scoring
-    from train.workdir import load_workdir
-
     config, _, model, params, tok = load_workdir(workdir)
     if tok is None:
-        raise sweep.SweepError(f"zero-shot probes: {workdir} has no tokenizer to build the probe texts with")
+        raise SweepError(f"zero-shot probes: {workdir} has no tokenizer to build the probe texts with")
     arch = model.cfg.arch
     if arch == "gpt":
         def score(contexts, targets):
@@ -227,8 +216,7 @@ def zero_shot(workdir: str, tasks=TASKS, log=print) -> dict[str, dict]:
         fits = [len(c) + len(t) + 2 <= model.cfg.max_len for c, t in zip(contexts, targets, strict=True)]
         keep = [j for i in range(0, len(records), 2) if fits[i] and fits[i + 1] for j in (i, i + 1)]
         if not keep:
-            raise sweep.SweepError(f"zero-shot {task}: no probe pair fits model.max_len={model.cfg.max_len} of "
-                                   f"{workdir}")
+            raise SweepError(f"zero-shot {task}: no probe pair fits model.max_len={model.cfg.max_len} of {workdir}")
         contexts, targets = [contexts[i] for i in keep], [targets[i] for i in keep]
         scores = score(contexts, targets)
         if task == "next_sentence":  # each b is scored alone once (most are both a true and a false b)
@@ -265,16 +253,12 @@ def _record(rundir: str, columns: dict[str, float], key: str, details: dict) -> 
 
 
 def main(argv: list[str]) -> None:
-    from absl import flags
-
-    from train import errors
-
     fv = flags.FLAGS
     overrides = {}
     for item in fv.override:
         key, sep, value = item.partition("=")
         if not sep:
-            raise sweep.SweepError(f"--override={item!r}: expected key=value")
+            raise SweepError(f"--override={item!r}: expected key=value")
         try:
             overrides[key] = json.loads(value)  # numbers, true/false
         except ValueError:
@@ -283,17 +267,15 @@ def main(argv: list[str]) -> None:
         logging.set_verbosity(logging.WARNING)
         if fv.zero_shot:
             if not fv.pretrained:
-                raise sweep.SweepError("--zero_shot scores a pretrained model: pass --pretrained=<workdir>")
+                raise SweepError("--zero_shot scores a pretrained model: pass --pretrained=<workdir>")
             zero_shot(fv.pretrained, tuple(fv.tasks))
             return
         if not fv.workdir:
-            raise sweep.SweepError("--workdir is required for fine-tuning probes, e.g. --workdir=runs/bert/probes")
+            raise SweepError("--workdir is required for fine-tuning probes, e.g. --workdir=runs/bert/probes")
         run_probes(fv.pretrained or None, fv.arch or None, tuple(fv.tasks), fv.workdir, overrides, fv.baseline)
 
 
 if __name__ == "__main__":
-    from absl import app, flags
-
     flags.DEFINE_string("pretrained", "", "Pretrained workdir ('' = random-init tiny --arch).")
     flags.DEFINE_string("arch", "", "Architecture of the random-init model when --pretrained is ''.")
     flags.DEFINE_list("tasks", list(TASKS), "Probe tasks.")

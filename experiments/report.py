@@ -4,7 +4,7 @@
 
 Reads every `<workdir>/*/summary.json` (with config.json, metrics.jsonl and run.json beside it) and the plan.json
 compare/sweep wrote. Losses of different objectives measure different things, so the table names each row's
-objective and the plots give each objective its own panel.
+objective and the plots (drawn by experiments/plots.py) give each objective its own panel.
 """
 
 from __future__ import annotations
@@ -15,18 +15,15 @@ import os
 import re
 import sys
 
+import jax
 import numpy as np
 
-from experiments import hardware
-from experiments.sweep import FAILED_FILE, PLAN_FILE, RUN_FILE
+from experiments import hardware, plots
+from experiments.planning import FAILED_FILE, RUN_FILE, read_plan
+from train.objectives import TokenObjective
 
-OBJECTIVES = {  # name -> (short name, what its loss is)
-    "causal_lm": ("causal LM", "next-token cross-entropy at every position, left context only"),
-    "prefix_lm": ("prefix LM", "next-token cross-entropy after a random bidirectional prefix"),
-    "mlm": ("masked LM", "cross-entropy of the 15% selected tokens, predicted from both sides"),
-    "span_corruption": ("span corruption", "cross-entropy of the decoder targets: dropped spans and sentinels"),
-}
-BPB_OBJECTIVES = ("causal_lm",)  # where nats per byte of predicted text are a compression rate of the text
+OBJECTIVES = TokenObjective.DESCRIPTIONS  # name -> (short name, what its loss is)
+BPB_OBJECTIVES = TokenObjective.COMPRESSES  # where nats per byte of predicted text are a compression rate
 PLOTS = ("eval_loss_vs_flops.png", "eval_loss_vs_time.png", "throughput.png")
 
 
@@ -108,8 +105,6 @@ def _peak(config: dict, plan_hw: dict | None) -> tuple[float | None, str]:
             return hardware.table_peak(dev["kind"], dtype)
         except hardware.UnknownDeviceError:
             return None, f"unknown peak for {dev['kind']}"
-    import jax
-
     if jax.default_backend() == "cpu":
         peak, source = hardware.peak_flops(jax.devices()[0], dtype)
         return peak, source + " (measured while building this report)"
@@ -161,7 +156,7 @@ def run_row(name: str, summary: dict, config: dict, meta: dict, plan_hw: dict | 
 
 def load(workdir: str) -> tuple[list[dict], dict | None]:
     """(one row per run with a summary.json, in plan order; with its eval curve), plan.json or None."""
-    plan = _read(os.path.join(workdir, PLAN_FILE)) if os.path.exists(os.path.join(workdir, PLAN_FILE)) else None
+    plan = read_plan(workdir)
     order = [r["name"] for r in (plan or {}).get("runs", [])]
     names = [d for d in os.listdir(workdir) if os.path.isfile(os.path.join(workdir, d, "summary.json"))]
     names.sort(key=lambda d: (order.index(d) if d in order else len(order), d))
@@ -293,95 +288,11 @@ def notes(groups: list[dict], plan: dict | None) -> list[str]:
     return out
 
 
-def _color(i: int):
-    import matplotlib.pyplot as plt
-
-    return plt.get_cmap("tab10")(i % 10)
-
-
-def plot_loss(groups: list[dict], x: str, path: str) -> None:
-    """Eval loss against `x` ('flops' or 'seconds'): one panel per objective, one line per group, shared x axis."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    objs = list(dict.fromkeys(g["objective_id"] for g in groups))
-    xs_all = [v for g in groups for c in g["curves"] for v in c[x] if v > 0] or [1.0]
-    scale, log = 1.0, False
-    if x == "flops":
-        unit, scale = next(((u, f) for u, f in (("PFLOP", 1e15), ("TFLOP", 1e12), ("GFLOP", 1e9), ("MFLOP", 1e6))
-                            if max(xs_all) >= f), ("FLOP", 1.0))
-        log = max(xs_all) / min(xs_all) > 30  # a ladder of sizes spans decades; one budget does not
-        xlabel = f"training compute ({unit}, model FLOPs)"
-    else:
-        xlabel = "training time (s: measured steps, no compile or eval)"
-    fig, axes = plt.subplots(1, len(objs), figsize=(5.2 * len(objs), 4.4), squeeze=False, sharex=True)
-    styles = [("o", "-"), ("s", "--"), ("^", "-."), ("D", ":"), ("v", "-"), ("P", "--")]
-    for ax, obj in zip(axes[0], objs, strict=True):
-        k = 0  # lines in this panel: marker and dash pattern tell apart lines that overlap
-        for i, g in enumerate(groups):
-            if g["objective_id"] != obj or not g["curves"] or not g["curves"][0]["loss"]:
-                continue
-            marker, dash = styles[k % len(styles)]
-            k += 1
-            n = min(len(c["loss"]) for c in g["curves"])
-            xs = np.mean([c[x][:n] for c in g["curves"]], axis=0) / scale
-            ys = np.array([c["loss"][:n] for c in g["curves"]])
-            label = g["group"] + (f" (mean of {g['n']} seeds, band: min-max)" if g["n"] > 1 else "")
-            ax.plot(xs, ys.mean(0), marker=marker, ls=dash, color=_color(i), label=label, lw=2, ms=5)
-            if g["n"] > 1:
-                ax.fill_between(xs, ys.min(0), ys.max(0), color=_color(i), alpha=0.12, lw=0)
-        short, meaning = OBJECTIVES.get(obj, (obj, ""))
-        ax.set_title(f"{short}\n({meaning})", fontsize=9)
-        ax.set_ylabel(f"eval loss, {short} (nats / predicted token)")
-        if log:
-            ax.set_xscale("log")
-        else:  # all panels share one axis from 0 to the largest x of any panel
-            ax.set_xlim(0, 1.04 * max(xs_all) / scale)
-        ax.set_xlabel(xlabel)
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8)
-    what = "training compute" if x == "flops" else "training time"
-    fig.suptitle(f"Eval loss vs {what} (lower is better). One panel per objective: losses of different "
-                 "objectives are different quantities", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def plot_throughput(groups: list[dict], path: str) -> None:
-    """Horizontal bars: tokens/s and MFU per group."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    labels = [f"{g['group']} ({g['objective']})" for g in groups]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 1.2 + 0.45 * len(groups)), squeeze=False)
+def _peak_label(groups: list[dict]) -> str:
+    """What the MFU of every group is relative to ('2.70 TFLOP/s x 1 device'); 'peak' when the groups differ."""
     peaks = {(g.get("peak_flops"), g.get("n_devices")) for g in groups}
     peak, n_dev = next(iter(peaks)) if len(peaks) == 1 else (None, None)
-    of = f"{_si(peak, 'FLOP/s')} x {int(n_dev)} device{'s' if n_dev > 1 else ''}" if peak else "peak"
-    panels = [("tokens_per_sec", "tokens/s (token positions: L, or S + T for T5)", lambda v: f"{v:,.0f}", 1.0),
-              ("mfu", f"MFU (% of {of}; model FLOPs)", lambda v: f"{v:.1f}%", 100.0)]
-    y = np.arange(len(groups))
-    for ax, (key, xlabel, fmt, scale) in zip(axes[0], panels, strict=True):
-        vals = [(g.get(key) or 0.0) * scale for g in groups]
-        errs = [(g.get(f"{key}_std") or 0.0) * scale for g in groups]
-        ax.barh(y, vals, xerr=errs if any(errs) else None, color=[_color(i) for i in range(len(groups))],
-                error_kw={"capsize": 3})
-        for yi, v, e in zip(y, vals, errs, strict=True):
-            ax.text(v + e, yi, " " + fmt(v), va="center", fontsize=8)
-        ax.set_yticks(y, labels if key == "tokens_per_sec" else [""] * len(groups))
-        ax.invert_yaxis()
-        ax.set_xlabel(xlabel)
-        ax.set_xlim(0, max([v + e for v, e in zip(vals, errs, strict=True)] + [1e-9]) * 1.3)
-        ax.grid(alpha=0.3, axis="x")
-    seeds = " Bars: mean over seeds, whiskers: standard deviation." if any(g["n"] > 1 for g in groups) else ""
-    fig.suptitle(f"Training throughput (median step time, compile excluded).{seeds}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return f"{_si(peak, 'FLOP/s')} x {int(n_dev)} device{'s' if n_dev > 1 else ''}" if peak else "peak"
 
 
 def _clean(x):
@@ -424,9 +335,9 @@ def build(workdir: str) -> str:
     body += [f"![{p[:-4]}]({p})" for p in PLOTS]
     with open(os.path.join(workdir, "report.md"), "w") as f:
         f.write("\n".join(body) + "\n")
-    plot_loss(groups, "flops", os.path.join(workdir, PLOTS[0]))
-    plot_loss(groups, "seconds", os.path.join(workdir, PLOTS[1]))
-    plot_throughput(groups, os.path.join(workdir, PLOTS[2]))
+    plots.plot_loss(groups, "flops", os.path.join(workdir, PLOTS[0]), OBJECTIVES)
+    plots.plot_loss(groups, "seconds", os.path.join(workdir, PLOTS[1]), OBJECTIVES)
+    plots.plot_throughput(groups, os.path.join(workdir, PLOTS[2]), _peak_label(groups))
     record = {"workdir": workdir, "kind": (plan or {}).get("kind"), "budget": (plan or {}).get("budget"),
               "hardware": (plan or {}).get("hardware"), "columns": [[k, h] for k, h, _ in columns(groups)],
               "rows": [{k: v for k, v in g.items() if k != "curves"} for g in groups],

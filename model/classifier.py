@@ -10,17 +10,16 @@ Pooling (which (D,) vector stands for the example; config task.pooling; the arch
   gpt   'last', the last real token (position lengths - 1, the last token of the text): under causal attention it
         is the only position that has seen the whole text, and padding after it cannot reach it. No </s> is
         appended: after a pretrained GPT has read </s> its state predicts the start of an unrelated document and
-        hardly depends on the text (measured: its spread across examples was 3% of its size).
+        hardly depends on the text (docs/results.md, "Pooling").
   t5    'mean' of the encoder's output over the real (non-pad) tokens. The decoder's first position was the
-        alternative; it is input-invariant after span-corruption pretraining (it always predicts <extra_id_0>:
-        measured spread across examples 2.6% of its size, against 8% for BERT's [CLS] and 76% for GPT's last
-        token), so a short fine-tune starts from a constant feature; Sentence-T5 (Ni et al., 2021) likewise found
-        encoder mean-pooling the better T5 sentence representation. The decoder's parameters are not used. With
-        t5_states='decoder' (task.t5_states) it reads the decoder instead, as BART classifies: the encoder gets the
-        text, the decoder [start] + the same text (inputs `decoder_inputs` and `lengths`, the real decoder
-        positions), and pooling runs over the decoder's final states. After span corruption at the default
-        comparison's budget the decoder ignores the encoder (train.evaluate --shuffle_encoder), so this is where a
-        briefly trained T5 keeps what it learned; the probe recipe uses it.
+        alternative; it barely varies across inputs after span-corruption pretraining (it always predicts
+        <extra_id_0>; docs/results.md, "Pooling"), so a short fine-tune would start from a nearly constant feature;
+        Sentence-T5 (Ni et al., 2021) likewise found encoder mean-pooling the better T5 sentence representation.
+        The decoder's parameters are not used. With t5_states='decoder' (task.t5_states) it reads the decoder
+        instead, as BART classifies: the encoder gets the text, the decoder [start] + the same text (inputs
+        `decoder_inputs` and `lengths`, the real decoder positions), and pooling runs over the decoder's final
+        states. A briefly trained T5's decoder learns to read its encoder late (train.evaluate --shuffle_encoder),
+        so the decoder is where such a T5 keeps what it learned; the probe recipe uses it.
   Any of 'first', 'last', 'mean' and 'max' (elementwise over the real tokens) can be chosen for any architecture;
   the states are BERT's and GPT's final hidden states and T5's encoder output (or its decoder's). 'max' suits "is
   anything anywhere in the text wrong" (the probes, experiments/configs/finetune.py): one position that fires is

@@ -12,6 +12,9 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+import jax
+import jax.numpy as jnp
+
 ARCHS = ("gpt", "bert", "t5")
 POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "t5_relative", "none")
 NORMS = ("layernorm", "rmsnorm")
@@ -101,15 +104,11 @@ class ModelConfig:
     @property
     def compute_dtype(self):
         """The jnp compute dtype ('auto' resolved against the default backend)."""
-        import jax.numpy as jnp
-
         return jnp.dtype(resolve_dtype(self.dtype))
 
     @property
     def weight_dtype(self):
         """The jnp parameter dtype."""
-        import jax.numpy as jnp
-
         return jnp.dtype(self.param_dtype)
 
     def replace(self, **changes: Any) -> ModelConfig:
@@ -202,8 +201,6 @@ def resolve_dtype(dtype: str) -> str:
     """'auto' -> 'float32' on CPU, 'bfloat16' on accelerators; other names unchanged."""
     if dtype != "auto":
         return dtype
-    import jax
-
     return "float32" if jax.default_backend() == "cpu" else "bfloat16"
 
 

@@ -149,7 +149,7 @@ def _lengths(cfg: ModelConfig, seq_len: int, target_len: int | None) -> tuple[in
     if cfg.arch == "t5":
         if not target_len or target_len <= 0:
             raise ValueError("t5 needs target_len (the decoder length T) > 0; derive it from the span-corruption "
-                             "settings (data.objectives.random_spans_helper) when data.target_len is 0")
+                             "settings (data.spans.random_spans_helper) when data.target_len is 0")
         return seq_len, target_len
     if target_len:
         raise ValueError(f"target_len={target_len} only applies to model.arch='t5' (got {cfg.arch!r}): pass 0")

@@ -1,11 +1,12 @@
-"""experiments/bench.py: the record of a tiny GPT's real step (keys, sane values, FLOPs cross-check against XLA,
-MFU by hand, donation), --sweep parsing, the matmul inventory and the chunked loss. No timing thresholds."""
+"""experiments/timing.py, bench.py and hardware.py's probes: the record of a tiny GPT's real step (keys, sane
+values, FLOPs cross-check against XLA, MFU by hand, donation), --sweep parsing, the matmul inventory and the chunked
+loss. No timing thresholds."""
 
 import math
 
 import pytest
 
-from experiments import bench, hardware
+from experiments import bench, hardware, timing
 from experiments.configs import base
 from model import config as model_config
 from model import flops
@@ -25,7 +26,7 @@ KEYS = ["tokens_per_sec", "step_time_ms", "model_flops_per_step", "xla_flops_per
 @pytest.fixture(scope="module")
 def result(tmp_path_factory):
     config = helpers.tiny_config("gpt", str(tmp_path_factory.mktemp("bench")))
-    return config, bench.bench(config, steps=2, warmup=1, data="both", peak=PEAK)
+    return config, timing.bench(config, steps=2, warmup=1, data="both", peak=PEAK)
 
 
 def test_record_has_every_key_with_sane_values(result):
@@ -104,23 +105,23 @@ def test_xla_flops_reads_dict_or_list():
         def cost_analysis(self):
             return self.cost
 
-    assert bench.xla_flops(Fake({"flops": 5.0})) == 5.0
-    assert bench.xla_flops(Fake([{"flops": 7.0}])) == 7.0
-    assert bench.xla_flops(Fake({})) is None and bench.xla_flops(None) is None
+    assert timing.xla_flops(Fake({"flops": 5.0})) == 5.0
+    assert timing.xla_flops(Fake([{"flops": 7.0}])) == 7.0
+    assert timing.xla_flops(Fake({})) is None and timing.xla_flops(None) is None
 
 
 @pytest.mark.parametrize("arch", ["gpt", "bert"])
 def test_matmul_inventory_sums_to_the_analytic_count(arch):
     mcfg = model_config.preset("small", arch=arch).replace(mlp="swiglu", n_kv_heads=2,
                                                             mlm_transform=arch == "bert")
-    total = sum(c * 2.0 * b * m * k * n for mms in bench.step_matmuls(mcfg, 4, 64).values()
+    total = sum(c * 2.0 * b * m * k * n for mms in hardware.step_matmuls(mcfg, 4, 64).values()
                 for c, b, m, k, n in mms)
     assert 3 * total == pytest.approx(flops.training_flops_per_step(mcfg, 4, 64))
 
 
 def test_chunked_loss_needs_less_memory():
-    full = bench.loss_memory(32, 4096, 2, 64, chunk=0)
-    chunked = bench.loss_memory(32, 4096, 2, 64, chunk=16)
+    full = hardware.loss_memory(32, 4096, 2, 64, chunk=0)
+    chunked = hardware.loss_memory(32, 4096, 2, 64, chunk=16)
     assert chunked["temp_bytes"] < full["temp_bytes"] / 2
     with pytest.raises(bench.BenchError, match="must divide"):
-        bench.loss_memory(32, 4096, 2, 64, chunk=10)
+        hardware.loss_memory(32, 4096, 2, 64, chunk=10)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from data import objectives
+from data import objectives, spans
 from data import tokenizer as tokenizer_lib
 from data.errors import DataError
 
@@ -60,26 +60,26 @@ def test_mlm_statistics():
 
 def test_random_spans_helper_matches_t5():
     # T5 paper setting: 512 encoder tokens come from 568 raw tokens and give 114 targets.
-    assert objectives.random_spans_helper(512, 0.15, 3.0) == (568, 114)
-    assert objectives.random_spans_helper(128, 0.15, 3.0) == (141, 29)
+    assert spans.random_spans_helper(512, 0.15, 3.0) == (568, 114)
+    assert spans.random_spans_helper(128, 0.15, 3.0) == (141, 29)
     for L in (16, 64, 128, 256, 512):
-        raw, t = objectives.random_spans_helper(L, 0.15, 3.0)
-        assert objectives.span_lengths(raw, 0.15, 3.0)[1] == t
-        assert objectives.span_lengths(raw, 0.15, 3.0)[0] <= L < objectives.span_lengths(raw + 1, 0.15, 3.0)[0]
+        raw, t = spans.random_spans_helper(L, 0.15, 3.0)
+        assert spans.span_lengths(raw, 0.15, 3.0)[1] == t
+        assert spans.span_lengths(raw, 0.15, 3.0)[0] <= L < spans.span_lengths(raw + 1, 0.15, 3.0)[0]
 
 
 def reconstruct(enc, tgt, sentinels):
     """Original tokens from T5 (inputs, targets): each sentinel in the input -> its span from the targets."""
-    spans, cur = {}, None
+    filled, cur = {}, None
     for t in tgt:
         if t in sentinels:
             cur = t
-            spans[cur] = []
+            filled[cur] = []
         else:
-            spans[cur].append(t)
+            filled[cur].append(t)
     out = []
     for t in enc:
-        out.extend(spans[t] if t in sentinels else [t])
+        out.extend(filled[t] if t in sentinels else [t])
     return out
 
 
@@ -90,12 +90,12 @@ def non_eos(w, n):
 
 @pytest.mark.parametrize("L, density, span", [(128, 0.15, 3.0), (64, 0.3, 2.0), (32, 0.5, 4.0), (48, 0.15, 1.0)])
 def test_span_corruption_round_trip_and_statistics(L, density, span):
-    raw, T = objectives.random_spans_helper(L, density, span)
+    raw, T = spans.random_spans_helper(L, density, span)
     B = 400
     w = windows(B, 2 * raw + 1)
-    b = objectives.span_corruption(w, rngs(B), TOK, density, span, L, T)
+    b = spans.span_corruption(w, rngs(B), TOK, density, span, L, T)
     assert b["encoder_inputs"].shape == (B, L) and b["targets"].shape == (B, T)
-    enc_len, tgt_len = objectives.span_lengths(raw, density, span)
+    enc_len, tgt_len = spans.span_lengths(raw, density, span)
     sentinels = TOK.sentinel_ids.tolist()
     noise_tokens, n_spans, span_lengths = 0, 0, []
     for i in range(B):
@@ -149,7 +149,7 @@ def objective_config(name="span_corruption", seq_len=48, noise_density=0.15, mea
 def test_span_corruption_has_eos_only_at_the_ends(L, density, span):
     """T5 reads documents with no separator: eos ends the encoder input and the targets and appears nowhere else."""
     obj = objectives.build(objective_config(seq_len=L, noise_density=density, mean_span_length=span), TOK)
-    raw = objectives.random_spans_helper(L, density, span)[0]
+    raw = spans.random_spans_helper(L, density, span)[0]
     assert obj.window_len == 2 * raw + 1
     stream = short_document_stream(3000)
     B = 300
@@ -197,8 +197,8 @@ def test_span_settings_near_the_boundary(span, L):
     built = 0
     for density in (edge + 0.1, edge + 0.01, edge + 1e-3, edge, edge - 1e-6, edge - 1e-3, edge - 0.01, edge - 0.1):
         cfg = objective_config(seq_len=L, noise_density=density, mean_span_length=span)
-        raw = objectives.random_spans_helper(L, density, span)[0]
-        num_noise, num_spans = objectives._span_counts(raw, density, span)
+        raw = spans.random_spans_helper(L, density, span)[0]
+        num_noise, num_spans = spans.span_counts(raw, density, span)
         impossible = raw - num_noise < num_spans
         if abs(density - edge) >= 0.1:  # Away from the boundary the closed form decides; near it, rounding may.
             assert impossible == (density > edge)

@@ -11,7 +11,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from experiments import compare, hardware, report, suites, sweep
+from experiments import compare, hardware, planning, report, suites, sweep
 from tests import helpers
 
 ABLATIONS = ["position", "norm", "mlp", "attention", "size", "nsp"]
@@ -27,8 +27,8 @@ def test_default_suite_matches_parameters_within_5_percent(tmp_path):
     params = compare.check_params(runs, 0.05)
     assert max(params.values()) / min(params.values()) - 1 < 0.05
     # The vocabulary is the tokenizer's: config.data.vocab_size, the same for all contenders.
-    assert {sweep.shape_facts(r.config)["vocab_size"] for r in runs} == {runs[0].config.data.vocab_size}
-    with pytest.raises(sweep.SweepError, match="parameter counts differ"):
+    assert {planning.shape_facts(r.config)["vocab_size"] for r in runs} == {runs[0].config.data.vocab_size}
+    with pytest.raises(planning.SweepError, match="parameter counts differ"):
         compare.check_params(runs, 1e-6)
     # The suite's shared batch of 8; a --config override replaces it; a contender's own overrides come last.
     assert {r.config.train.batch_size for r in runs} == {8}
@@ -51,20 +51,20 @@ def test_flops_budget_gives_equal_flops_across_contenders():
     suite = suites.load("default")
     kind, budget = suite["budget"]
     assert kind == "flops"
-    runs = sweep.plan_budget(compare.suite_runs(suite), "flops", budget, evals=5)
-    flops = {r.name: r.config.train.steps * sweep.shape_facts(r.config)["flops_per_step"] for r in runs}
+    runs = planning.plan_budget(compare.suite_runs(suite), "flops", budget, evals=5)
+    flops = {r.name: r.config.train.steps * planning.shape_facts(r.config)["flops_per_step"] for r in runs}
     assert all(abs(f / budget - 1) < 0.05 for f in flops.values()), flops
     assert max(flops.values()) / min(flops.values()) - 1 < 0.05
     t5 = next(r for r in runs if r.name == "t5")
-    facts = sweep.shape_facts(t5.config)
+    facts = planning.shape_facts(t5.config)
     assert facts["target_len"] > 0 and facts["tokens_per_step"] == t5.config.train.batch_size * (
         facts["seq_len"] + facts["target_len"])
     for r in runs:  # warmup keeps the config's fraction (tiny: 10%), evaluations spread evenly
         tc = r.config.train
         assert tc.warmup_steps == round(0.1 * tc.steps) and tc.eval_every == -(-tc.steps // 5)
-    tokens = sweep.plan_budget(compare.suite_runs(suite, ["gpt", "t5"]), "tokens", 1e6, evals=5)
+    tokens = planning.plan_budget(compare.suite_runs(suite, ["gpt", "t5"]), "tokens", 1e6, evals=5)
     for r in tokens:
-        assert abs(r.config.train.steps * sweep.shape_facts(r.config)["tokens_per_step"] / 1e6 - 1) < 0.05
+        assert abs(r.config.train.steps * planning.shape_facts(r.config)["tokens_per_step"] / 1e6 - 1) < 0.05
 
 
 def test_compare_replans_a_contender_whose_suite_overrides_changed(tmp_path):
@@ -74,8 +74,8 @@ def test_compare_replans_a_contender_whose_suite_overrides_changed(tmp_path):
     w = str(tmp_path)
     runs = compare.plan(w, "default", compare.suite_runs(suite), ("flops", 4e12), 5, {}, log=lambda *_: None)
     records = [{**r.record(), "measured_step_s": 0.125} for r in runs]  # marks a plan that was kept
-    sweep.write_plan(w, {"kind": "compare", "request": compare._request("default", ("flops", 4e12), 5, {}),
-                         "runs": records})
+    planning.write_plan(w, {"kind": "compare", "request": compare._request("default", ("flops", 4e12), 5, {}),
+                            "runs": records})
     again = compare.plan(w, "default", compare.suite_runs(suite), ("flops", 4e12), 5, {}, log=lambda *_: None)
     assert [r.config.train.steps for r in again] == [r.config.train.steps for r in runs] == [335, 335, 816]
     assert [r.measured_step_s for r in again] == [0.125] * 3
@@ -89,18 +89,18 @@ def test_compare_refuses_a_workdir_of_another_config_before_rewriting_its_plan(t
     os.makedirs(tmp_path / "bert")
     (tmp_path / "bert" / "config.json").write_text(json.dumps({"config": {"train": {"batch_size": 32}}}))
     (tmp_path / "plan.json").write_text('{"kind": "compare", "runs": []}')
-    with pytest.raises(sweep.SweepError, match="holds a run of a different config"):
+    with pytest.raises(planning.SweepError, match="holds a run of a different config"):
         compare.compare(str(tmp_path), "default", log=lambda *_: None)
     assert (tmp_path / "plan.json").read_text() == '{"kind": "compare", "runs": []}'
 
 
 def test_suite_and_flag_errors_are_one_clear_message():
-    with pytest.raises(sweep.SweepError, match="no such suite"):
+    with pytest.raises(planning.SweepError, match="no such suite"):
         suites.load("nope")
-    with pytest.raises(sweep.SweepError, match="unknown"):
+    with pytest.raises(planning.SweepError, match="unknown"):
         compare.suite_runs(suites.load("default"), ["gpt", "xlnet"])
-    with pytest.raises(sweep.SweepError, match="no field 'train.nope'"):
-        sweep.make_run("experiments/configs/gpt.py:tiny", {"train.nope": 1}, group="g")
+    with pytest.raises(planning.SweepError, match="no field 'train.nope'"):
+        planning.make_run("experiments/configs/gpt.py:tiny", {"train.nope": 1}, group="g")
     argv = ["prog", "--workdir=w", "--config.train.batch_size=16", "--budget_flops=1e12"]
     fv = flags.FlagValues()
     sweep.define_budget_flags(fv, argv)
@@ -108,7 +108,7 @@ def test_suite_and_flag_errors_are_one_clear_message():
     assert sweep.cli_overrides(fv) == {"train.batch_size": 16}
     assert sweep.budget_from_flags(fv) == ("flops", 1e12)
     fv.steps = 3
-    with pytest.raises(sweep.SweepError, match="at most one"):
+    with pytest.raises(planning.SweepError, match="at most one"):
         sweep.budget_from_flags(fv)
 
 
@@ -128,9 +128,9 @@ def test_sweep_names_and_hashes_are_stable():
     assert names == [r.name for r in sweep.expand(spec)]  # deterministic
     assert runs[0].group == runs[1].group == "gpt-position=rope-heads=mqa" and runs[0].hash != runs[1].hash
     # The hash is of the resolved config: override order does not matter, the stored config.json form agrees.
-    a = sweep.make_run("experiments/configs/gpt.py:tiny", {"seed": 1, "model.position": "alibi"}, group="g")
-    b = sweep.make_run("experiments/configs/gpt.py:tiny", {"model.position": "alibi", "seed": 1}, group="g")
-    assert a.name == b.name and sweep.config_hash(json.loads(a.config.to_json_best_effort())) == a.hash
+    a = planning.make_run("experiments/configs/gpt.py:tiny", {"seed": 1, "model.position": "alibi"}, group="g")
+    b = planning.make_run("experiments/configs/gpt.py:tiny", {"model.position": "alibi", "seed": 1}, group="g")
+    assert a.name == b.name and planning.config_hash(json.loads(a.config.to_json_best_effort())) == a.hash
 
 
 @pytest.mark.parametrize("name", ABLATIONS)
@@ -149,24 +149,24 @@ def test_dry_run_commands_parse_with_absl_flags(name, monkeypatch, capsys):
         config_flags.DEFINE_config_file("config", None, "", flag_values=fv, sys_argv=argv)
         fv(argv)
         assert fv.workdir == os.path.join("runs/x", run.name)
-        assert sweep.config_json(fv.config) == sweep.config_json(run.config)
+        assert planning.config_json(fv.config) == planning.config_json(run.config)
 
 
 def test_run_state_skips_resumes_and_refuses_other_configs(tmp_path):
-    run = sweep.make_run("experiments/configs/gpt.py:tiny", {"train.steps": 4}, group="g")
+    run = planning.make_run("experiments/configs/gpt.py:tiny", {"train.steps": 4}, group="g")
     rundir = tmp_path / run.name
-    assert sweep.run_state(run, str(tmp_path)) == "new"
+    assert planning.run_state(run, str(tmp_path)) == "new"
     rundir.mkdir()
     (rundir / "config.json").write_text(json.dumps({"config": json.loads(run.config.to_json_best_effort())}))
-    assert sweep.run_state(run, str(tmp_path)) == "partial"
+    assert planning.run_state(run, str(tmp_path)) == "partial"
     (rundir / "summary.json").write_text(json.dumps({"steps": 2, "stopped_by": "SIGTERM"}))
-    assert sweep.run_state(run, str(tmp_path)) == "partial"
+    assert planning.run_state(run, str(tmp_path)) == "partial"
     (rundir / "summary.json").write_text(json.dumps({"steps": 4, "stopped_by": None}))
-    assert sweep.run_state(run, str(tmp_path)) == "done"
-    other = sweep.make_run("experiments/configs/gpt.py:tiny", {"train.steps": 5}, group="g", hashed=False)
+    assert planning.run_state(run, str(tmp_path)) == "done"
+    other = planning.make_run("experiments/configs/gpt.py:tiny", {"train.steps": 5}, group="g", hashed=False)
     other.name = run.name
-    with pytest.raises(sweep.SweepError, match=r"different config \(train.steps: 4 -> 5"):
-        sweep.run_state(other, str(tmp_path))
+    with pytest.raises(planning.SweepError, match=r"different config \(train.steps: 4 -> 5"):
+        planning.run_state(other, str(tmp_path))
 
 
 def _tiny_base(directory) -> dict:
@@ -223,7 +223,7 @@ def test_compare_fine_tunes_every_contender_on_the_probes_with_a_random_init_bas
                      f"budget=('steps', 4), param_tolerance=0.05, evals=1, probes=('word_order',), "
                      f"zero_shot=('word_order', 'next_sentence'))\n")
     work = tmp_path / "runs"
-    with pytest.raises(sweep.SweepError, match="--probes: unknown \\['nli'\\]"):
+    with pytest.raises(planning.SweepError, match="--probes: unknown \\['nli'\\]"):
         compare.compare(str(work), str(suite), probes=("nli",))
     assert not work.exists()  # refused before anything trained
     quick = {"train.steps": 4, "train.eval_every": 4, "train.batch_size": 8}
@@ -254,8 +254,8 @@ def test_compare_fine_tunes_every_contender_on_the_probes_with_a_random_init_bas
     # Another recipe (here one more pair per source) is refused before plan.json is rewritten, naming the field,
     # and the finished run is kept.
     plan_time = (work / "plan.json").stat().st_mtime_ns
-    with pytest.raises(sweep.SweepError, match=r"word_order holds a probe run of another request .*"
-                                               r"task.train_pairs: 4 -> 5.*delete"):
+    with pytest.raises(planning.SweepError, match=r"word_order holds a probe run of another request .*"
+                                                  r"task.train_pairs: 4 -> 5.*delete"):
         compare.compare(str(work), str(suite), probe_overrides={**quick, "task.train_pairs": 5}, log=logs.append)
     assert metrics.stat().st_mtime_ns == before and (work / "plan.json").stat().st_mtime_ns == plan_time
 
@@ -299,8 +299,8 @@ def test_report_from_synthetic_summaries(tmp_path):
     s = _fake_run(w, "gpt", "gpt", "causal_lm", eval_loss=4.0, probes={"sst2": 0.75})
     _fake_run(w, "t5-seed=0", "t5", "span_corruption", eval_loss=3.0, group="t5")
     _fake_run(w, "t5-seed=1", "t5", "span_corruption", seed=1, eval_loss=3.2, group="t5")
-    sweep.write_plan(w, {"kind": "compare", "budget": {"kind": "flops", "value": 1.6e12},
-                         "runs": [{"name": n} for n in ("bert", "gpt", "t5-seed=0", "t5-seed=1")]})
+    planning.write_plan(w, {"kind": "compare", "budget": {"kind": "flops", "value": 1.6e12},
+                            "runs": [{"name": n} for n in ("bert", "gpt", "t5-seed=0", "t5-seed=1")]})
     text = report.build(w)
     md = open(os.path.join(w, "report.md")).read()
     assert text in md

@@ -20,7 +20,7 @@ from experiments.configs import finetune
 from model import classifier
 from model import config as model_config
 from tests import helpers
-from train import losses
+from train import errors, losses, objectives, workdir
 
 _set = helpers.override
 
@@ -117,7 +117,7 @@ def test_batches_are_deterministic_epochs_and_eval_covers_the_set_once(tmp_path)
     c = ft_config("jsonl", "bert", str(tmp_path), **{"data.train_files": train, "data.val_files": val,
                                                     "data.tokenizer_type": "byte", "train.batch_size": 4})
     data = classify.build(c)
-    assert c.task.num_classes == 3 and c.train.eval_steps == 3  # resolved in place: ceil(11 / 4)
+    assert data.num_classes == 3 and data.eval_steps == 3  # derived: ceil(11 / 4)
     b = data.train.batch(2)
     assert set(b) == {"inputs", "token_types", "targets", "weights"} and b["targets"].shape == (4, 1)
     np.testing.assert_array_equal(b["inputs"], classify.build(c).train.batch(2)["inputs"])
@@ -350,8 +350,9 @@ def test_confusion_and_f1_by_hand():
     logits = jax.nn.one_hot(preds, 2)[:, None, :] * 5.0
     cm = jax.device_get(losses.confusion(logits, jnp.asarray(targets), jnp.asarray(weights)))
     np.testing.assert_array_equal(cm, [[1, 1], [1, 3]])  # rows: target, columns: prediction
-    out = losses.summarize({**jax.device_get(losses.cross_entropy(logits, jnp.asarray(targets),
-                                                                  jnp.asarray(weights))), "confusion": cm}, "eval")
+    unit = objectives.Classification("classify", {})
+    out = unit.summarize({**jax.device_get(losses.cross_entropy(logits, jnp.asarray(targets), jnp.asarray(weights))),
+                          "confusion": cm}, "eval")
     tp, fp, fn = 3, 1, 1
     precision, recall = tp / (tp + fp), tp / (tp + fn)
     assert out["eval/f1"] == pytest.approx(2 * precision * recall / (precision + recall))
@@ -379,7 +380,7 @@ def test_init_from_loads_the_backbone_exactly(tmp_path):
                                                                                        "dropout": 0.1}
     assert ft.data.train_files == pre.data.train_files and ft.data.cache_dir == pre.data.cache_dir
     with open(tmp_path / "ft" / "config.json") as f:
-        assert json.load(f)["config"]["task"]["num_classes"] == 2
+        assert json.load(f)["data"]["num_classes"] == 2
     pre_abstract = loop.build(pre)[3].abstract_state().params
     ft_abstract = loop.build(ft)[3].abstract_state().params
     want = checkpoint.load_params(str(tmp_path / "pre"), pre_abstract)
@@ -434,5 +435,5 @@ def test_missing_pretrained_config(tmp_path):
     c = finetune.get_config("task=next_sentence")
     c.init_from = str(tmp_path)
     os.makedirs(tmp_path / "checkpoints" / "3" / "state")
-    with pytest.raises(DataError, match="config.json"):
-        classify.build(c)
+    with pytest.raises(errors.UserError, match="config.json"):
+        workdir.inherit_pretrained(c)

@@ -167,8 +167,8 @@ def test_t5_per_token_and_step():
 
 @pytest.mark.parametrize("arch", ["gpt", "bert", "t5"])
 def test_summary_matches_flops(arch):
+    from experiments import summary
     from experiments.configs import base
-    from model import summary
 
     config = base.base_config(arch, "small")
     s = summary.summarize(config)
@@ -176,7 +176,7 @@ def test_summary_matches_flops(arch):
     assert s["params"] == flops.param_count(cfg) == sum(s["breakdown"].values())
     T = s["target_len"]
     if arch == "t5":  # Derived as the pipeline does: the span-corruption target length of 256 encoder tokens.
-        from data.objectives import random_spans_helper
+        from data.spans import random_spans_helper
 
         assert T == random_spans_helper(256, 0.15, 3.0)[1] == 58
     assert s["flops_per_step"] == flops.training_flops_per_step(cfg, config.train.batch_size, 256, T)
@@ -193,7 +193,7 @@ def test_summary_cli():
     import sys
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    run = lambda *a: subprocess.run([sys.executable, "-m", "model.summary", *a], cwd=root, capture_output=True,
+    run = lambda *a: subprocess.run([sys.executable, "-m", "experiments.summary", *a], cwd=root, capture_output=True,
                                     text=True, timeout=120)
     out = run("--config=experiments/configs/gpt.py:gpt2", "--config.model.n_layers=2", "--json")
     assert out.returncode == 0, out.stderr
@@ -256,8 +256,8 @@ def test_run_fields_leave_the_published_count():
 
 @pytest.mark.parametrize("name", list(PUBLISHED))
 def test_summary_shows_published_count_first(name):
+    from experiments import summary
     from experiments.configs import base
-    from model import summary
 
     arch = {"g": "gpt", "b": "bert", "t": "t5"}[name[0]]
     config = base.get_config(arch, name)

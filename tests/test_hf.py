@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from model import build
+from model import abstract_params, build
 from model.config import from_dict, preset
-from model.hf_export import HFExportError, export_hf, hf_tensors, load_workdir
-from model.hf_import import FAMILIES, HFImportError, abstract_params, import_hf
+from model.hf_convert import HFExportError, export_hf, hf_tensors, import_hf
+from model.hf_layouts import FAMILIES, HFImportError
+from train.workdir import load_workdir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "tests", "fixtures", "hf")
@@ -76,15 +77,15 @@ def test_imported_logits_match_transformers(name):
 def test_cli_writes_a_workdir_that_loads_back_and_exports(tmp_path):
     src = os.path.join(FIXTURES, "bert")
     workdir, out = str(tmp_path / "wd"), str(tmp_path / "hf")
-    for cmd in (["model.hf_import", f"--hf_dir={src}", f"--workdir={workdir}"],
-                ["model.hf_export", f"--workdir={workdir}", f"--hf_dir={out}"]):
+    for cmd in (["experiments.hf_import", f"--hf_dir={src}", f"--workdir={workdir}"],
+                ["experiments.hf_export", f"--workdir={workdir}", f"--hf_dir={out}"]):
         r = subprocess.run([sys.executable, "-m", *cmd], cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stderr[-2000:]
     with open(os.path.join(workdir, "config.json")) as f:
         record = json.load(f)
     cfg, params = import_hf(src)
     assert from_dict(record["model_config"]) == cfg and record["config"]["model"] == record["model_config"]
-    cfg_back, loaded = load_workdir(workdir)  # train.checkpoint.load_params with the workdir's model_config.
+    _, cfg_back, _, loaded, _ = load_workdir(workdir)  # train.checkpoint.load_params with the workdir's model_config.
     assert cfg_back == cfg and _equal_trees(loaded, params)
     assert _max_diff(cfg, loaded, _reference("bert")) < 1e-4
     cfg2, params2 = import_hf(out)
@@ -97,7 +98,7 @@ def test_cli_names_a_missing_tensor_without_traceback(tmp_path):
         return t
 
     src = _rewrite(tmp_path, "gpt2", rename)
-    r = subprocess.run([sys.executable, "-m", "model.hf_import", f"--hf_dir={src}", f"--workdir={tmp_path}/wd"],
+    r = subprocess.run([sys.executable, "-m", "experiments.hf_import", f"--hf_dir={src}", f"--workdir={tmp_path}/wd"],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     line = r.stderr.strip().splitlines()[-1]

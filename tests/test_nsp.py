@@ -23,8 +23,6 @@ from tests import helpers
 from tests.test_data_common import make_config, write_corpus
 from tests.test_data_objectives import TOK
 from tests.test_model_models import fake_variables, jit
-from train import losses
-from train import step as step_lib
 
 NSP = {"objective.nsp": True}
 
@@ -222,7 +220,7 @@ def test_loss_is_mlm_mean_plus_nsp_mean_and_its_gradient(built):
     inputs = dict(inputs=batch["inputs"], token_types=batch["token_types"])
 
     def ours(p):
-        s = step_lib.loss_sums(model, config.objective, p, batch, None, False, step_lib.nsp_loss_scale(batch))
+        s = runner.objective.loss_sums(model, p, batch, None, False, runner.objective.constants(batch))
         return s["loss"] / s["weight"], s
 
     def reference(p):
@@ -240,7 +238,7 @@ def test_loss_is_mlm_mean_plus_nsp_mean_and_its_gradient(built):
     t, w, y = np.asarray(batch["targets"]), np.asarray(batch["weights"]), np.asarray(batch["nsp_labels"])
     mlm_mean = -(np.take_along_axis(_log_softmax(mlm), t[..., None], -1)[..., 0] * w).sum() / w.sum()
     nsp_mean = -np.take_along_axis(_log_softmax(nsp), y[:, None], -1).mean()
-    out = losses.summarize(jax.device_get(sums), "eval")
+    out = runner.objective.summarize(jax.device_get(sums), "eval")
     assert out["eval/loss"] == pytest.approx(mlm_mean + nsp_mean, rel=1e-5)
     assert out["eval/nll"] == pytest.approx(mlm_mean, rel=1e-5)
     assert out["eval/nsp_loss"] == pytest.approx(nsp_mean, rel=1e-5)
@@ -287,8 +285,7 @@ def test_meshes_and_pmap_match_one_device(tmp_path):
 
 
 def test_hf_bert_for_pretraining_round_trips_with_hf_class_order(tmp_path):
-    from model.hf_export import export_hf
-    from model.hf_import import import_hf
+    from model.hf_convert import export_hf, import_hf
 
     src = os.path.join(helpers.ROOT, "tests", "fixtures", "hf", "bert")
     t = load_file(os.path.join(src, "model.safetensors"))

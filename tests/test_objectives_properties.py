@@ -8,7 +8,7 @@ import numpy as np
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from data import objectives
+from data import objectives, spans
 from data import tokenizer as tokenizer_lib
 from data.errors import DataError
 from tests.test_data_objectives import objective_config, reconstruct
@@ -55,7 +55,7 @@ def test_span_corruption_round_trips(L, span, frac, B, max_doc, seed):
         obj = objectives.build(objective_config(seq_len=L, noise_density=density, mean_span_length=span), TOK)
     except DataError:
         assume(False)  # too short a seq_len for these settings, or rounding at the boundary: build said so
-    raw = objectives.random_spans_helper(L, density, span)[0]
+    raw = spans.random_spans_helper(L, density, span)[0]
     w = stream_windows(B, obj.window_len, seed, max_doc)
     b = obj(w, rngs(B, seed))
     sentinels = TOK.sentinel_ids.tolist()

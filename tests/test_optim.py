@@ -155,18 +155,19 @@ def gpt_data(tmp_path_factory):
     d = str(tmp_path_factory.mktemp("optim"))
     config = helpers.tiny_config("gpt", d, **{"train.warmup_steps": 0, "train.nonfinite": "skip"})
     data, mcfg, m, runner = loop.build(config)
-    return config, data, mcfg
+    return config, data, mcfg, runner.objective
 
 
 def test_skipped_update_keeps_the_schedule_on_the_step(gpt_data):
-    config, data, mcfg = gpt_data
+    config, data, mcfg, objective = gpt_data
     config = config.copy_and_resolve_references()
     config.train.schedule, config.train.steps = "linear", 6
     m = model.build(mcfg)
     tx, lr = optim.make(config.train)
     params = nn.meta.unbox(m.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"])
     state = step_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
-    step = jax.jit(lambda s, b: step_lib.train_step(s, b, model=m, tx=tx, lr_schedule=lr, config=config))
+    step = jax.jit(lambda s, b: step_lib.train_step(s, b, model=m, objective=objective, tx=tx, lr_schedule=lr,
+                                                    config=config))
     good = jax.tree.map(jnp.asarray, data.train.batch(0))
     bad = dict(good, weights=good["weights"].at[0, 0].set(jnp.nan))  # a planted non-finite loss
     rates = []
@@ -183,11 +184,12 @@ def test_skipped_update_keeps_the_schedule_on_the_step(gpt_data):
     assert rates[0] > rates[3] > 0
 
 
-def _train_losses(config, mcfg, data, params, steps):
+def _train_losses(config, mcfg, objective, data, params, steps):
     m = model.build(mcfg)
     tx, lr = optim.make(config.train)
     state = step_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
-    step = jax.jit(lambda s, b: step_lib.train_step(s, b, model=m, tx=tx, lr_schedule=lr, config=config))
+    step = jax.jit(lambda s, b: step_lib.train_step(s, b, model=m, objective=objective, tx=tx, lr_schedule=lr,
+                                                    config=config))
     out = []
     for s in range(steps):
         state, metrics = step(state, jax.tree.map(jnp.asarray, data.train.batch(s)))
@@ -197,13 +199,13 @@ def _train_losses(config, mcfg, data, params, steps):
 
 def test_scan_and_loop_train_alike(gpt_data):
     """A few steps at a positive learning rate with weight decay: the same losses and parameters."""
-    config, data, mcfg = gpt_data
+    config, data, mcfg, objective = gpt_data
     config = config.copy_and_resolve_references()
     config.train.learning_rate, config.train.weight_decay = 1e-2, 0.5  # strong decay: a wrong mask shows
     m = model.build(mcfg)
     params = nn.meta.unbox(m.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"])
-    loop_losses, loop_params = _train_losses(config, mcfg, data, params, 4)
-    scan_losses, scan_params = _train_losses(config, mcfg.replace(scan_layers=True), data,
+    loop_losses, loop_params = _train_losses(config, mcfg, objective, data, params, 4)
+    scan_losses, scan_params = _train_losses(config, mcfg.replace(scan_layers=True), objective, data,
                                              helpers.to_scanned(params, mcfg.n_layers), 4)
     np.testing.assert_allclose(scan_losses, loop_losses, rtol=1e-5)
     assert loop_losses[-1] < loop_losses[0]

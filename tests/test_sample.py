@@ -1,5 +1,5 @@
 """train/sample.py end to end: a gpt workdir from a few training steps, t5 and bert parameters-only workdirs
-(random init, the format model.hf_import writes), a tokenizer-less workdir, and the one-line errors."""
+(random init, the format experiments.hf_import writes), a tokenizer-less workdir, and the one-line errors."""
 
 import json
 import os
@@ -17,7 +17,7 @@ import model as model_lib
 from data import pipeline
 from model import config as model_config
 from tests import helpers
-from train import checkpoint, errors, loop
+from train import checkpoint, errors, loop, workdir
 from train import sample as sample_lib
 
 ROOT = helpers.ROOT
@@ -38,7 +38,7 @@ def workdirs(tmp_path_factory):
         params = nn.meta.unbox(model_lib.build(mcfg).init(jax.random.key(0), *args)["params"])
         out[arch] = str(root / arch)
         os.makedirs(out[arch])
-        loop.write_config(out[arch], config, mcfg, data)
+        workdir.write_record(out[arch], loop.run_record(config, mcfg, data))
         checkpoint.save_params(out[arch], params)
     # An imported-model workdir: config.json without a data section (no tokenizer), same checkpoint.
     out["no_tok"] = str(root / "no_tok")

@@ -55,7 +55,7 @@ def test_bits_per_byte_by_hand():
     weights = np.array([[1, 1, 1, 1, 1, 0]], np.float32)
     sums = jax.device_get(losses.cross_entropy(jnp.zeros((1, 6, 4)), jnp.asarray(targets), jnp.asarray(weights),
                                                jnp.asarray(token_bytes[targets])))
-    out = losses.summarize(sums, "eval")
+    out = losses.token_metrics(sums, "eval")
     assert out["eval/bits_per_byte"] == pytest.approx(5 * 2.0 / (1 + 2 + 3 + 4 + 4))  # log2(4) = 2 bits a token
     assert out["eval/perplexity"] == pytest.approx(4.0)
     assert out["eval/loss"] == pytest.approx(math.log(4))
@@ -131,7 +131,8 @@ def test_microbatches_equal_one_big_batch(built, arch):
     results = []
     for k in (1, 2):
         config.train.microbatches = k
-        new, metrics = jax.jit(lambda s, b: step_lib.train_step(s, b, model=model, tx=tx, lr_schedule=lr,
+        new, metrics = jax.jit(lambda s, b: step_lib.train_step(s, b, model=model, objective=runner.objective, tx=tx,
+                                                                lr_schedule=lr,
                                                                 config=config))(state, batch)
         results.append((new, metrics))
     (a, ma), (b, mb) = results
@@ -148,7 +149,8 @@ def test_runner_equals_plain_jit(built):
     """The runner's step (compiled ahead of time over the mesh, state donated) against a plain jax.jit."""
     config, data, mcfg, model, runner = built["gpt"]
     tx, lr = optim.make(config.train)
-    plain_step = jax.jit(lambda s, b: step_lib.train_step(s, b, model=model, tx=tx, lr_schedule=lr, config=config))
+    plain_step = jax.jit(lambda s, b: step_lib.train_step(s, b, model=model, objective=runner.objective, tx=tx,
+                                                          lr_schedule=lr, config=config))
     initial = jax.device_get(runner.init(jax.random.key(2)).params)
     plain, ours = runner.init(jax.random.key(2)), runner.init(jax.random.key(2))
     for step in (3, 4):  # two steps: the first at warmup's rate 0, the second at a positive rate

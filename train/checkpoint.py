@@ -37,7 +37,7 @@ class Checkpoints:
         return sorted(self.manager.all_steps())
 
     def save(self, step: int, state, meta: dict) -> None:
-        """Starts writing `state` at `step` (asynchronously; `wait` blocks until it is on disk)."""
+        """Starts writing `state` at `step` (asynchronously; `close` waits until it is on disk)."""
         if step in self.unreadable:  # the run came back past a corrupt checkpoint: a good one takes its place
             self.manager.delete(step)
             self.unreadable.discard(step)
@@ -66,9 +66,6 @@ class Checkpoints:
                 continue
             return restored["state"], dict(restored["meta"] or {})
         return None
-
-    def wait(self) -> None:
-        self.manager.wait_until_finished()
 
     def close(self) -> None:
         self.manager.wait_until_finished()

@@ -4,20 +4,27 @@ import contextlib
 import os
 import re
 import sys
+from typing import NoReturn
 
-from absl import app
+from absl import app, flags
+from ml_collections.config_flags.config_flags import ConfigFileFlagParser
+
+from data.errors import DataError
+from model.config import ConfigError
+from train.metrics import NonFiniteError
 
 
 class UserError(ValueError):
     """A training, mesh or checkpoint setting that cannot work; the message names the flag and the fix."""
 
 
+def fail(msg: str) -> NoReturn:
+    """Raises UserError(msg)."""
+    raise UserError(msg)
+
+
 def user_error_types() -> tuple[type[BaseException], ...]:
     """Exception types that mean "the input is wrong", as opposed to a bug (which keeps its traceback)."""
-    from data.errors import DataError
-    from model.config import ConfigError
-    from train.metrics import NonFiniteError
-
     return DataError, ConfigError, UserError, NonFiniteError, FileNotFoundError
 
 
@@ -35,8 +42,6 @@ def one_line():
 def parse_flags(argv: list[str]) -> list[str]:
     """absl flag parsing where a bad flag, a config file that does not load or an unknown --config.* field is one
     `error:` line, exit status 2."""
-    from absl import flags
-
     try:
         rest = flags.FLAGS(argv)
         _load_config_files(flags.FLAGS)
@@ -48,8 +53,6 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 def _config_file_flags(flag_values) -> list:
     """The flags defined with config_flags.DEFINE_config_file (their value is a `path.py:argument`)."""
-    from ml_collections.config_flags.config_flags import ConfigFileFlagParser
-
     return [flag_values[n] for n in flag_values if isinstance(flag_values[n].parser, ConfigFileFlagParser)]
 
 

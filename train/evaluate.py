@@ -19,10 +19,13 @@ from __future__ import annotations
 import sys
 import types
 
+import jax
 import numpy as np
-from absl import flags
+from absl import app, flags, logging
 
-from train import errors, sample  # sample defines --workdir and --quantize, shared with train.sample.
+from model import quantize as quant
+from train import errors, loop, sample  # noqa: F401 (sample defines --workdir and --quantize, shared)
+from train.workdir import load_workdir
 
 flags.DEFINE_integer("eval_steps", 0, "Validation batches (0 = the workdir's train.eval_steps).")
 flags.DEFINE_bool("shuffle_encoder", False, "Encoder-decoder models: also evaluate with each row's encoder input "
@@ -39,30 +42,24 @@ def evaluate_workdir(workdir: str, quantize: str = "none", eval_steps: int = 0,
                      shuffle_encoder: bool = False) -> dict[str, float]:
     """{'float/loss', 'float/bits_per_byte', ... [, 'int8/...', 'weight_bytes/float', 'weight_bytes/int8']
     [, 'shuffled/...']}."""
-    import jax
-
-    from model import quantize as quant
-    from train import loop, parallel
-
     if quantize not in ("none", "int8"):
         raise errors.UserError(f"--quantize={quantize!r} is unknown: choose 'none' or 'int8'")
-    config, _, _, params, _ = sample.load_workdir(workdir)
+    config, _, _, params, _ = load_workdir(workdir)
     if "train" not in config or "data" not in config:
         raise errors.UserError(f"--workdir={workdir} records no training data config (an imported model?): "
                                "train.evaluate needs a workdir written by train.main")
-    steps = eval_steps or config.train.eval_steps
-    if steps < 1:
-        raise errors.UserError(f"--eval_steps={eval_steps} must be >= 1")
+    if eval_steps < 0:
+        raise errors.UserError(f"--eval_steps={eval_steps} must be >= 1 (0 = the workdir's evaluation batches)")
     if shuffle_encoder and config.model.arch != "t5":
         raise errors.UserError(f"--shuffle_encoder needs an encoder-decoder workdir (model.arch='t5'); "
                                f"{workdir} is {config.model.arch!r}")
     data, _, _, runner = loop.build(config)
+    steps = eval_steps or data.eval_steps
     if shuffle_encoder and data.val.batch(0)["encoder_inputs"].shape[0] < 2:
         raise errors.UserError("--shuffle_encoder needs at least 2 rows per process; raise train.batch_size")
 
     def run(p, d=data) -> dict[str, float]:
-        placed = runner.replicate(p) if isinstance(runner, parallel.PmapRunner) else runner.shard_params(p)
-        state = types.SimpleNamespace(params=placed)  # runner.evaluate reads only state.params.
+        state = types.SimpleNamespace(params=runner.shard_params(p))  # runner.evaluate reads only state.params.
         return loop.evaluate(runner, state, d, steps)
 
     out = {k.replace("eval/", "float/"): v for k, v in run(params).items()}
@@ -96,8 +93,6 @@ def report(results: dict[str, float]) -> list[str]:
 
 
 def main(argv):
-    from absl import app, logging
-
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)

@@ -11,10 +11,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# Keys of the sums every step returns; `weight` is the denominator of the per-token averages.
-SUM_KEYS = ("loss", "nll", "z_loss", "correct", "weight", "bytes")
-# Added when the batch has next-sentence labels: per-example sums, `nsp_examples` their denominator.
-NSP_KEYS = ("nsp_loss", "nsp_correct", "nsp_examples")
+# The sums of `cross_entropy`; `weight` is the denominator of the per-token averages.
+TOKEN_SUMS = ("loss", "nll", "z_loss", "correct", "weight", "bytes")
+# The sums of `nsp_sums`: per example, `nsp_examples` their denominator.
+NSP_SUMS = ("nsp_loss", "nsp_correct", "nsp_examples")
 
 
 def cross_entropy(
@@ -60,7 +60,7 @@ def cross_entropy(
 
 
 def nsp_sums(logits_Bx2: jax.Array, labels_B: jax.Array) -> dict[str, jax.Array]:
-    """NSP_KEYS: summed cross-entropy (nats) and correct argmax of the (B, 2) next-sentence logits, and B."""
+    """NSP_SUMS: summed cross-entropy (nats) and correct argmax of the (B, 2) next-sentence logits, and B."""
     s = cross_entropy(logits_Bx2[:, None], labels_B[:, None], jnp.ones(labels_B.shape + (1,), jnp.float32))
     return {"nsp_loss": s["nll"], "nsp_correct": s["correct"], "nsp_examples": s["weight"]}
 
@@ -89,13 +89,8 @@ def classification_metrics(confusion_CxC, prefix: str) -> dict[str, float]:
     return out
 
 
-def summarize(sums: dict[str, float], prefix: str) -> dict[str, float]:
-    """Host-side averages from summed metrics: loss, accuracy, perplexity and bits per byte (and, given confusion
-    counts, the classification metrics; given NSP sums, nsp_loss and nsp_accuracy per example).
-
-    With NSP, `loss` is the objective the step minimises (MLM mean + NSP mean, see train/step.py; summed over
-    several batches, each batch's NSP mean counts in proportion to its token weight) while nll, accuracy,
-    perplexity and bits per byte stay the MLM's alone."""
+def token_metrics(sums: dict[str, float], prefix: str) -> dict[str, float]:
+    """Host-side averages of `cross_entropy` sums: loss, nll, accuracy, perplexity, bits per byte (and z-loss)."""
     weight = max(float(sums["weight"]), 1e-9)
     nll = float(sums["nll"]) / weight
     out = {
@@ -105,14 +100,15 @@ def summarize(sums: dict[str, float], prefix: str) -> dict[str, float]:
         f"{prefix}/perplexity": math.exp(min(nll, 80.0)),
         f"{prefix}/tokens": float(sums["weight"]),
     }
-    if float(sums.get("z_loss", 0.0)):
+    if float(sums["z_loss"]):
         out[f"{prefix}/z_loss"] = float(sums["z_loss"]) / weight
-    if float(sums.get("bytes", 0.0)) > 0:
+    if float(sums["bytes"]) > 0:
         out[f"{prefix}/bits_per_byte"] = float(sums["nll"]) / (math.log(2) * float(sums["bytes"]))
-    if "nsp_examples" in sums:
-        examples = max(float(sums["nsp_examples"]), 1e-9)
-        out[f"{prefix}/nsp_loss"] = float(sums["nsp_loss"]) / examples
-        out[f"{prefix}/nsp_accuracy"] = float(sums["nsp_correct"]) / examples
-    if "confusion" in sums:
-        out.update(classification_metrics(sums["confusion"], prefix))
     return out
+
+
+def nsp_metrics(sums: dict[str, float], prefix: str) -> dict[str, float]:
+    """Next-sentence loss (nats) and accuracy per example, from `nsp_sums` sums."""
+    examples = max(float(sums["nsp_examples"]), 1e-9)
+    return {f"{prefix}/nsp_loss": float(sums["nsp_loss"]) / examples,
+            f"{prefix}/nsp_accuracy": float(sums["nsp_correct"]) / examples}

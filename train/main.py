@@ -24,7 +24,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     with errors.one_line():
-        from train import loop, parallel
+        from train import loop, parallel  # after flag parsing: a bad flag is reported before JAX starts
 
         parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
         summary = loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)

@@ -5,7 +5,6 @@ import logging as logging_std
 import math
 import os
 import sys
-import time
 
 from absl import logging
 
@@ -35,8 +34,10 @@ class Writer:
     """
 
     def __init__(self, workdir: str, enabled: bool = True, resume_step: int = 0, total_steps: int = 0,
-                 progress_bar: bool = True):
+                 progress_bar: bool = True, shown: tuple[str, ...] = ("loss", "accuracy", "bits_per_byte")):
         self.enabled = enabled
+        # What the progress line shows: the objective's metrics (train/objectives.py), as train/ and eval/ values.
+        self.shown = {f"{p}/{k}" for k in shown for p in ("train", "eval")} | {"perf/tokens_per_sec"}
         self.path = os.path.join(workdir, "metrics.jsonl")
         self.total = total_steps
         self.bar = progress_bar and enabled and sys.stderr.isatty()
@@ -80,8 +81,7 @@ class Writer:
 
     def _show(self, step: int, s: dict[str, float]) -> None:
         parts = [f"{k.split('/', 1)[-1] if k.startswith('train/') else k}={_fmt(v)}" for k, v in s.items()
-                 if k in ("train/loss", "eval/loss", "eval/accuracy", "eval/nsp_accuracy", "eval/bits_per_byte",
-                          "perf/tokens_per_sec")]
+                 if k in self.shown]
         if self.bar and self.total:
             frac = min(step / self.total, 1.0)
             bar = "#" * int(30 * frac) + "-" * (30 - int(30 * frac))
@@ -108,15 +108,3 @@ def check_finite(step: int, scalars: dict[str, float], last_checkpoint: int | No
             where = f"step {last_checkpoint}" if last_checkpoint is not None else "none yet"
             raise NonFiniteError(f"{k} is {v} at step {step}; last good checkpoint: {where}. Lower "
                                  "train.learning_rate, raise train.warmup_steps or set train.nonfinite='skip'")
-
-
-class Timer:
-    """Wall time between `lap` calls."""
-
-    def __init__(self):
-        self.t = time.perf_counter()
-
-    def lap(self) -> float:
-        now = time.perf_counter()
-        dt, self.t = now - self.t, now
-        return dt

@@ -3,6 +3,8 @@
 Both runners expose the same methods, so the loop does not know which one it drives:
   init(rng) -> state            state created directly sharded (jit) or replicated (pmap)
   abstract_state() -> state     ShapeDtypeStructs with shardings, for checkpoint restore
+  place(state) -> state         a restored state laid out as the step takes it
+  host_state(state) -> state    one copy of the state (what a checkpoint holds)
   train(state, batch) -> (state, metrics)   batch: this process's numpy slice of the global batch
   evaluate(state, batch) -> sums
 """
@@ -25,7 +27,7 @@ from model import sharding as model_sharding
 from train import errors
 from train import step as step_lib
 
-MESH_AXES = ("data", "fsdp", "tensor")
+MESH_AXES = model_sharding.MESH_AXES
 BATCH_AXES = ("data", "fsdp")  # The batch dimension is split over these mesh axes.
 
 
@@ -124,11 +126,17 @@ def opt_state_shardings(abstract_opt_state, abstract_params, param_shardings, re
     return jax.tree_util.tree_map_with_path(pick, abstract_opt_state)
 
 
+def example_inputs(model, objective) -> dict:
+    """One zero example of every input the model takes, shaped as the objective's batches (for init)."""
+    return {k: np.zeros((1, *shape), dtype) for k, (shape, dtype) in objective.layout.items()
+            if k in model.input_names}
+
+
 class JitRunner:
     """The step compiled once with `jax.jit` over a (data, fsdp, tensor) mesh, state donated."""
 
-    def __init__(self, model, tx, lr_schedule, config: ml_collections.ConfigDict, example_batch: dict, devices=None):
-        self.model, self.tx, self.config = model, tx, config
+    def __init__(self, model, objective, tx, lr_schedule, config: ml_collections.ConfigDict, devices=None):
+        self.model, self.objective, self.tx, self.config = model, objective, tx, config
         self.mesh = make_mesh(config.mesh, devices)
         self.rules = model_sharding.rules()
         batch_shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
@@ -143,16 +151,16 @@ class JitRunner:
             )
         self.replicated = NamedSharding(self.mesh, P())
         self.batch_sharding = NamedSharding(self.mesh, P(BATCH_AXES))
-        self._example = {k: np.asarray(v[:1]) for k, v in step_lib.model_inputs(model, example_batch).items()}
+        self._example = example_inputs(model, objective)
         self._param_shardings = None
         self._state_shardings = None
         self._train = _Compiled("train_step", jax.jit(
-            functools.partial(self._traced, step_lib.train_step, model=model, tx=tx, lr_schedule=lr_schedule,
-                              config=config),
+            functools.partial(self._traced, step_lib.train_step, model=model, objective=objective, tx=tx,
+                              lr_schedule=lr_schedule, config=config),
             donate_argnums=0,
         ))
         self._eval = _Compiled("eval_step", jax.jit(
-            lambda params, batch: self._traced(step_lib.eval_step, params, batch, model=model, config=config)))
+            lambda params, batch: self._traced(step_lib.eval_step, params, batch, model=model, objective=objective)))
 
     def _traced(self, fn, *args, **kwargs):
         with nn.logical_axis_rules(self.rules):
@@ -221,6 +229,9 @@ class JitRunner:
         """The compiled train step (for cost and memory analysis)."""
         return self._train.compiled
 
+    def place(self, state):
+        return state  # restored with the shardings of abstract_state()
+
     def host_state(self, state):
         return state
 
@@ -230,8 +241,8 @@ class PmapRunner:
 
     AXIS = "devices"
 
-    def __init__(self, model, tx, lr_schedule, config: ml_collections.ConfigDict, example_batch: dict, devices=None):
-        self.model, self.tx, self.config = model, tx, config
+    def __init__(self, model, objective, tx, lr_schedule, config: ml_collections.ConfigDict, devices=None):
+        self.model, self.objective, self.tx, self.config = model, objective, tx, config
         self.devices = list(devices if devices is not None else jax.local_devices())
         self.n = len(self.devices)
         if jax.process_count() > 1:
@@ -240,13 +251,13 @@ class PmapRunner:
             raise ParallelError(
                 f"train.batch_size={config.train.batch_size} is not divisible by {self.n} devices x "
                 f"train.microbatches={config.train.microbatches} (parallel='pmap')")
-        self._example = {k: np.asarray(v[:1]) for k, v in step_lib.model_inputs(model, example_batch).items()}
+        self._example = example_inputs(model, objective)
         self._train = _Compiled("train_step", aot=False, fn=jax.pmap(
-            functools.partial(step_lib.train_step, model=model, tx=tx, lr_schedule=lr_schedule, config=config,
-                              axis_name=self.AXIS),
+            functools.partial(step_lib.train_step, model=model, objective=objective, tx=tx, lr_schedule=lr_schedule,
+                              config=config, axis_name=self.AXIS),
             axis_name=self.AXIS, devices=self.devices, donate_argnums=0))
         self._eval = _Compiled("eval_step", aot=False, fn=jax.pmap(
-            functools.partial(step_lib.eval_step, model=model, config=config, axis_name=self.AXIS),
+            functools.partial(step_lib.eval_step, model=model, objective=objective, axis_name=self.AXIS),
             axis_name=self.AXIS, devices=self.devices))
 
     def _init_unreplicated(self, rng):
@@ -268,6 +279,9 @@ class PmapRunner:
 
     def shard_params(self, params):
         return self.replicate(params)
+
+    def place(self, state):
+        return self.replicate(state)
 
     def _split(self, batch: dict) -> dict:
         return {k: v.reshape((self.n, v.shape[0] // self.n) + v.shape[1:]) for k, v in batch.items()}

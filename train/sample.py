@@ -22,12 +22,16 @@ import re
 import sys
 import time
 
-from absl import flags
+import jax
+import numpy as np
+from absl import app, flags, logging
 
+from model import decoding, quantize
 from train import errors
+from train.errors import fail
 from train.workdir import load_workdir
 
-flags.DEFINE_string("workdir", None, "Workdir written by train.main or model.hf_import.")
+flags.DEFINE_string("workdir", None, "Workdir written by train.main or experiments.hf_import.")
 flags.DEFINE_string("prompt", None, "gpt: text to continue; t5: encoder input (sentinels <extra_id_N> get filled).")
 flags.DEFINE_string("prompts_file", None, "File with one prompt per line (blank lines skipped), run as one batch.")
 flags.DEFINE_string("ids", None, "Token ids instead of text: '1,2,3' (';' separates prompts); as is, no eos added.")
@@ -48,9 +52,6 @@ FLAGS = flags.FLAGS
 _SPECIAL = re.compile(r"(\[MASK\]|<extra_id_\d\d?>)")
 _BERT_CANDIDATES = 5
 
-
-def _fail(msg: str):
-    raise errors.UserError(msg)
 
 
 # ---- Text <-> ids. ----
@@ -107,8 +108,6 @@ class _CompileClock:
     _registered = False
 
     def __enter__(self):
-        import jax
-
         if not _CompileClock._registered:
             jax.monitoring.register_event_duration_secs_listener(_CompileClock._listen)
             _CompileClock._registered = True
@@ -130,25 +129,25 @@ def _prompts(opts: dict, tok, arch: str) -> tuple[list[str], list[list[int]]]:
     """(labels, ids) of the prompts given by --prompt, --prompts_file or --ids."""
     given = [k for k in ("prompt", "prompts_file", "ids") if opts.get(k) is not None]
     if not given:
-        _fail(f"nothing to sample from: pass --prompt, --prompts_file or --ids (this is a {arch} workdir)")
+        fail(f"nothing to sample from: pass --prompt, --prompts_file or --ids (this is a {arch} workdir)")
     if len(given) > 1:
-        _fail(f"pass only one of {', '.join('--' + g for g in given)}")
+        fail(f"pass only one of {', '.join('--' + g for g in given)}")
     if opts.get("ids") is not None:
         try:
             rows = [[int(x) for x in r.split(",") if x.strip()] for r in opts["ids"].split(";")]
         except ValueError:
-            _fail(f"--ids={opts['ids']!r} is not comma-separated integers (';' between prompts)")
+            fail(f"--ids={opts['ids']!r} is not comma-separated integers (';' between prompts)")
         return [" ".join(map(str, r)) for r in rows], rows
     if tok is None:
-        _fail(f"--workdir={opts['workdir']} has no tokenizer (an imported model; Triad does not read Hugging Face "
-              "tokenizers): pass token ids with --ids=1,2,3")
+        fail(f"--workdir={opts['workdir']} has no tokenizer (an imported model; Triad does not read Hugging Face "
+             "tokenizers): pass token ids with --ids=1,2,3")
     if opts.get("prompts_file") is not None:
         if not os.path.isfile(opts["prompts_file"]):
-            _fail(f"--prompts_file={opts['prompts_file']} does not exist")
+            fail(f"--prompts_file={opts['prompts_file']} does not exist")
         with open(opts["prompts_file"], encoding="utf-8") as f:
             texts = [line.rstrip("\n") for line in f if line.strip()]
         if not texts:
-            _fail(f"--prompts_file={opts['prompts_file']} has no non-blank line")
+            fail(f"--prompts_file={opts['prompts_file']} has no non-blank line")
     else:
         texts = [opts["prompt"]]
     if arch == "gpt":  # documents follow an eos in the training stream
@@ -160,9 +159,9 @@ def _check_ids(rows: list[list[int]], vocab_size: int, max_len: int, what: str, 
     for r in rows:
         bad = [i for i in r if not 0 <= i < vocab_size]
         if bad:
-            _fail(f"token id {bad[0]} is outside the vocabulary [0, {vocab_size})")
+            fail(f"token id {bad[0]} is outside the vocabulary [0, {vocab_size})")
         if len(r) > max_len:
-            _fail(f"{what} is {len(r)} tokens, longer than model.max_len={max_len}: shorten it{budget_hint}")
+            fail(f"{what} is {len(r)} tokens, longer than model.max_len={max_len}: shorten it{budget_hint}")
 
 
 def _text(tok, ids: list[int]) -> str:
@@ -170,36 +169,31 @@ def _text(tok, ids: list[int]) -> str:
 
 
 def _generate(opts: dict, cfg, model, params, tok, out) -> None:
-    import jax
-    import numpy as np
-
-    from model import decoding
-
     labels, rows = _prompts(opts, tok, cfg.arch)
     n_new, n_samples = opts["max_new_tokens"], opts["num_samples"]
     if n_new < 1:
-        _fail(f"--max_new_tokens={n_new} must be >= 1")
+        fail(f"--max_new_tokens={n_new} must be >= 1")
     if n_samples < 1:
-        _fail(f"--num_samples={n_samples} must be >= 1")
+        fail(f"--num_samples={n_samples} must be >= 1")
     if n_samples > 1 and opts["temperature"] == 0:
-        _fail(f"--num_samples={n_samples} with --temperature=0 (greedy) gives identical samples: set "
-              "--temperature > 0")
+        fail(f"--num_samples={n_samples} with --temperature=0 (greedy) gives identical samples: set "
+             "--temperature > 0")
     for name, ok, need in (("temperature", opts["temperature"] >= 0, ">= 0"), ("top_k", opts["top_k"] >= 0, ">= 0"),
                            ("top_p", 0 < opts["top_p"] <= 1, "in (0, 1]")):
         if not ok:
-            _fail(f"--{name}={opts[name]} must be {need}")
+            fail(f"--{name}={opts[name]} must be {need}")
     what = "the prompt" + (" (with its eos)" if opts.get("ids") is None else "")
     _check_ids(rows, cfg.vocab_size, cfg.max_len, what)
     if cfg.arch == "gpt":
         if any(not r for r in rows):
-            _fail("an --ids prompt is empty: a gpt prompt needs at least one token (e.g. the eos id)")
+            fail("an --ids prompt is empty: a gpt prompt needs at least one token (e.g. the eos id)")
         longest = max(map(len, rows))
         if longest + n_new - 1 > cfg.max_len:
-            _fail(f"{what} is {longest} tokens; with --max_new_tokens={n_new} that needs {longest + n_new - 1} "
-                  f"positions but model.max_len={cfg.max_len}: lower --max_new_tokens to at most "
-                  f"{cfg.max_len - longest + 1} or shorten the prompt")
+            fail(f"{what} is {longest} tokens; with --max_new_tokens={n_new} that needs {longest + n_new - 1} "
+                 f"positions but model.max_len={cfg.max_len}: lower --max_new_tokens to at most "
+                 f"{cfg.max_len - longest + 1} or shorten the prompt")
     elif n_new > cfg.max_len:
-        _fail(f"--max_new_tokens={n_new} exceeds the decoder's model.max_len={cfg.max_len}: lower it")
+        fail(f"--max_new_tokens={n_new} exceeds the decoder's model.max_len={cfg.max_len}: lower it")
 
     batch = [r for r in rows for _ in range(n_samples)]
     width = max(1, max(map(len, batch)))
@@ -243,19 +237,16 @@ def _generate(opts: dict, cfg, model, params, tok, out) -> None:
 
 
 def _fill_mask(opts: dict, cfg, model, params, tok, out) -> None:
-    import jax
-    import numpy as np
-
     if tok is None:
-        _fail(f"--workdir={opts['workdir']} has no tokenizer, so [MASK] has no id here: fill-mask needs a workdir "
-              "trained by train.main")
+        fail(f"--workdir={opts['workdir']} has no tokenizer, so [MASK] has no id here: fill-mask needs a workdir "
+             "trained by train.main")
     if opts.get("prompts_file") is None and opts.get("text") is None:
-        _fail("nothing to fill: pass --text='... [MASK] ...' (or --prompts_file, one text per line)")
+        fail("nothing to fill: pass --text='... [MASK] ...' (or --prompts_file, one text per line)")
     if opts.get("text") is not None and opts.get("prompts_file") is not None:
-        _fail("pass only one of --text, --prompts_file")
+        fail("pass only one of --text, --prompts_file")
     if opts.get("prompts_file") is not None:
         if not os.path.isfile(opts["prompts_file"]):
-            _fail(f"--prompts_file={opts['prompts_file']} does not exist")
+            fail(f"--prompts_file={opts['prompts_file']} does not exist")
         with open(opts["prompts_file"], encoding="utf-8") as f:
             texts = [line.rstrip("\n") for line in f if line.strip()]
     else:
@@ -264,7 +255,7 @@ def _fill_mask(opts: dict, cfg, model, params, tok, out) -> None:
     rows = [[tok.cls_id] + encode_text(tok, t) + [tok.sep_id] for t in texts]
     for t, r in zip(texts, rows, strict=True):
         if tok.mask_id not in r:
-            _fail(f"--text={t!r} has no [MASK] to fill")
+            fail(f"--text={t!r} has no [MASK] to fill")
     _check_ids(rows, cfg.vocab_size, cfg.max_len, "the text (with [CLS] and [SEP])")
     ids = np.full((len(rows), max(map(len, rows))), cfg.pad_id, np.int32)
     for b, r in enumerate(rows):
@@ -293,37 +284,33 @@ def sample(workdir: str, out=print, **opts) -> None:
     opts = {**defaults, **opts, "workdir": workdir}
     _, cfg, model, params, tok = load_workdir(workdir)
     if opts["quantize"] == "int8":  # Simulated: int8 weights, dequantized for float compute.
-        from model import quantize
-
         params = quantize.quantize_dequantize(params)
     elif opts["quantize"] != "none":
-        _fail(f"--quantize={opts['quantize']!r} is unknown: choose 'none' or 'int8'")
+        fail(f"--quantize={opts['quantize']!r} is unknown: choose 'none' or 'int8'")
     if opts["neighbours"] or opts["analogy"] or opts["attention_png"]:
-        from train import introspect
+        from train import introspect  # imports matplotlib: only when a picture or a probe is asked for
 
         if opts["neighbours"] or opts["analogy"]:
             introspect.embedding_probes(tok, params, out, opts["neighbours"], opts["analogy"], opts["top_k"] or 10)
         if opts["attention_png"]:
             if not opts["text"]:
-                _fail("--attention_png needs --text='...' (the text whose attention to draw)")
+                fail("--attention_png needs --text='...' (the text whose attention to draw)")
             introspect.attention_png(opts["attention_png"], opts["text"], cfg, model, params, tok, out)
         return
     if cfg.arch == "bert":
         for name in ("prompt", "ids"):
             if opts[name] is not None:
-                _fail(f"--workdir={workdir} holds a bert model (masked LM), which does not generate: use "
-                      f"--text='... [MASK] ...' instead of --{name}")
+                fail(f"--workdir={workdir} holds a bert model (masked LM), which does not generate: use "
+                     f"--text='... [MASK] ...' instead of --{name}")
         _fill_mask(opts, cfg, model, params, tok, out)
     else:
         if opts["text"] is not None:
-            _fail(f"--text is fill-mask for bert workdirs; --workdir={workdir} holds a {cfg.arch} model: use "
-                  "--prompt or --prompts_file")
+            fail(f"--text is fill-mask for bert workdirs; --workdir={workdir} holds a {cfg.arch} model: use "
+                 "--prompt or --prompts_file")
         _generate(opts, cfg, model, params, tok, out)
 
 
 def main(argv):
-    from absl import app, logging
-
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)  # Orbax logs every step of a restore at INFO.

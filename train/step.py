@@ -1,17 +1,11 @@
 """The pure train and eval steps, the same for every architecture and objective.
 
-`train_step(state, batch) -> (state, metrics)`: the batch (a dict of arrays) goes through the model's
-`input_names`, the loss through `losses.cross_entropy` on `targets` / `weights`. Gradients are accumulated over
-microbatches with `lax.scan`, summed (not averaged) and divided once by the global token weight, so that k
-microbatches, n devices (jit or pmap) and one big batch all give the same update.
-
-Next-sentence prediction (a batch with `nsp_labels`): the model's `mlm_and_nsp` gives both logits and the loss is
-MLM mean (per predicted token) + NSP mean (per example, each weighted 1). Since everything is divided by the global
-token weight W, the NSP loss sum of B examples enters `loss` multiplied by W / B, both taken from the whole batch
-before the microbatch and device split (`nsp_loss_scale`), which keeps the equivalence above exact.
+`train_step(state, batch) -> (state, metrics)`: the objective (train/objectives.py) gives the summed loss and
+metrics of a batch. Gradients are accumulated over microbatches with `lax.scan`, summed (not averaged) and divided
+once by the global token weight, so that k microbatches, n devices (jit or pmap) and one big batch all give the
+same update; whole-batch quantities an objective needs (`objective.constants`) are taken before the split.
 """
 
-import functools
 from typing import Any
 
 import flax
@@ -19,8 +13,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
-
-from train import losses
 
 
 @flax.struct.dataclass
@@ -30,51 +22,6 @@ class TrainState:
     step: jax.Array
     params: Any
     opt_state: Any
-
-
-def model_inputs(model, batch: dict) -> dict:
-    """The entries of `batch` the model takes as inputs."""
-    return {k: batch[k] for k in model.input_names if k in batch}
-
-
-def nsp_loss_scale(batch: dict, axis_name: str | None = None) -> jax.Array | None:
-    """Global token weight / global examples of a batch with `nsp_labels` (None without): the factor that turns the
-    NSP loss sum into the per-example NSP mean once the step divides by the token weight."""
-    if "nsp_labels" not in batch:
-        return None
-    weight = jnp.sum(batch["weights"].astype(jnp.float32))
-    examples = jnp.float32(batch["nsp_labels"].shape[0])
-    if axis_name is not None:
-        weight, examples = jax.lax.psum((weight, examples), axis_name)
-    return weight / examples
-
-
-def loss_sums(model, objective: ml_collections.ConfigDict, params, batch: dict, rng, train: bool,
-              nsp_scale: jax.Array | None = None):
-    """Summed cross-entropy metrics of `batch` (see losses.SUM_KEYS); evaluating a classifier adds the (C, C)
-    `confusion` counts (losses.confusion) from which the host computes accuracy and F1. A batch with `nsp_labels`
-    adds losses.NSP_KEYS, and `nsp_scale` times the NSP loss sum to `loss` (see the module docstring)."""
-    rngs = {"dropout": rng} if train else {}
-    inputs = model_inputs(model, batch)
-    if "nsp_labels" in batch:
-        logits, nsp_logits_Bx2 = model.apply({"params": params}, **inputs, train=train, rngs=rngs,
-                                             method="mlm_and_nsp")
-    else:
-        logits, nsp_logits_Bx2 = model.apply({"params": params}, **inputs, train=train, rngs=rngs), None
-    sums = losses.cross_entropy(
-        logits,
-        batch["targets"],
-        batch["weights"],
-        batch.get("target_bytes"),
-        label_smoothing=objective.label_smoothing if train else 0.0,
-        z_loss=objective.z_loss if train else 0.0,
-    )
-    if nsp_logits_Bx2 is not None:
-        sums.update(losses.nsp_sums(nsp_logits_Bx2, batch["nsp_labels"]))
-        sums["loss"] = sums["loss"] + nsp_scale * sums["nsp_loss"]
-    if objective.name == "classify" and not train:  # fine-tuning: confusion matrix
-        sums["confusion"] = losses.confusion(logits, batch["targets"], batch["weights"])
-    return sums
 
 
 def _split_microbatches(batch: dict, k: int) -> dict:
@@ -92,6 +39,7 @@ def train_step(
     batch: dict,
     *,
     model,
+    objective,
     tx: optax.GradientTransformation,
     lr_schedule: optax.Schedule,
     config: ml_collections.ConfigDict,
@@ -101,8 +49,8 @@ def train_step(
     rng = jax.random.fold_in(jax.random.key(config.seed), state.step)
     if axis_name is not None:
         rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
-    sums_fn = functools.partial(loss_sums, model, config.objective, train=True,
-                                nsp_scale=nsp_loss_scale(batch, axis_name))
+    constants = objective.constants(batch, axis_name)
+    sums_fn = lambda p, mb, mb_rng: objective.loss_sums(model, p, mb, mb_rng, True, constants)
 
     def grad_fn(params, mb, mb_rng):
         def loss(p):
@@ -145,11 +93,9 @@ def train_step(
     return new_state, metrics
 
 
-def eval_step(params, batch: dict, *, model, config: ml_collections.ConfigDict,
-              axis_name: str | None = None) -> dict:
-    """Summed metrics of `batch` without dropout (divided on the host by losses.summarize)."""
-    sums = loss_sums(model, config.objective, params, batch, None, train=False,
-                     nsp_scale=nsp_loss_scale(batch, axis_name))
+def eval_step(params, batch: dict, *, model, objective, axis_name: str | None = None) -> dict:
+    """Summed metrics of `batch` without dropout (divided on the host by objective.summarize)."""
+    sums = objective.loss_sums(model, params, batch, None, False, objective.constants(batch, axis_name))
     if axis_name is not None:
         sums = jax.lax.psum(sums, axis_name)
     return sums

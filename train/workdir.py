@@ -1,8 +1,13 @@
-"""Loads a workdir written by train.main or model.hf_import: its config, model, newest parameters and tokenizer.
+"""The workdir, owned here: what its files are called, and the one reader and writer of each.
 
-`load_workdir` is the one place that turns a workdir into (config, model config, model, params, tokenizer); it
-defines no flags, so sampling, evaluation and the probes (experiments/probes.py) can all import it. `claim` is how a
-training run holds its workdir, so that a second run on the same one is refused.
+  config.json   `write_record` / `read_record`: the resolved experiment config, the model config, data facts
+  summary.json  `write_summary` / `read_summary`: the final numbers of a run
+  checkpoints/  `checkpoint_dir` (train/checkpoint.py reads and writes what is inside)
+  .lock         `claim`: held by the run that writes the workdir
+
+`load_workdir` turns a workdir into (config, model config, model, params, tokenizer) for sampling, evaluation,
+export and the probes; `inherit_pretrained` is fine-tuning's one explicit step that takes a pretrained workdir's
+model and data settings into a config, before anything is built.
 """
 
 from __future__ import annotations
@@ -10,18 +15,30 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 import os
 import socket
 
+import jax
+import ml_collections
 from absl import logging
 
-from train import errors
+import model as model_lib
+from data import pipeline, probes
+from data import tokenizer as tokenizer_lib
+from data.errors import DataError
+from train import checkpoint
+from train.errors import fail
 
-LOCK_FILE = ".lock"  # In the workdir; flock(2)-ed by the run that writes it, holds "pid <pid> on <host>".
+CONFIG_FILE = "config.json"
+SUMMARY_FILE = "summary.json"
+CHECKPOINTS = "checkpoints"
+LOCK_FILE = ".lock"  # flock(2)-ed by the run that writes the workdir; holds "pid <pid> on <host>".
+# Fields of config.data a fine-tuning run takes from the pretrained run: the tokenizer (same ids as the model) and,
+# for the probe tasks (built from the pretraining corpus's validation text), the corpus and its split.
+TOKENIZER_FIELDS = ("tokenizer", "tokenizer_type", "vocab_size", "cache_dir")
+CORPUS_FIELDS = ("train_files", "val_files", "val_fraction", "txt_documents", "jsonl_field")
 
-
-def _fail(msg: str):
-    raise errors.UserError(msg)
 
 
 @contextlib.contextmanager
@@ -31,14 +48,14 @@ def claim(workdir: str, lock: bool = True):
     workdir). The lock is an flock(2) on <workdir>/.lock, which the OS drops when its holder exits (kill -9 too),
     so the file left behind never blocks a later run."""
     if not workdir:
-        _fail("--workdir is empty: pass the directory to write the run into")
+        fail("--workdir is empty: pass the directory to write the run into")
     if os.path.exists(workdir) and not os.path.isdir(workdir):
-        _fail(f"--workdir={workdir} is a file, not a directory: choose a directory")
+        fail(f"--workdir={workdir} is a file, not a directory: choose a directory")
     try:
         os.makedirs(workdir, exist_ok=True)
         fd = os.open(os.path.join(workdir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644) if lock else None
     except OSError as e:
-        _fail(f"--workdir={workdir} cannot be created ({e.strerror or e}): choose a writable directory")
+        fail(f"--workdir={workdir} cannot be created ({e.strerror or e}): choose a writable directory")
     if fd is None:
         yield
         return
@@ -48,8 +65,8 @@ def claim(workdir: str, lock: bool = True):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "a process that is starting"
-            _fail(f"--workdir={workdir} is in use by another run ({holder}, holding {path}): wait for that run to "
-                  "end or stop it, or choose another --workdir")
+            fail(f"--workdir={workdir} is in use by another run ({holder}, holding {path}): wait for that run to "
+                 "end or stop it, or choose another --workdir")
         except OSError as e:  # a filesystem without flock: run unprotected rather than not at all
             logging.warning("cannot lock %s (%s): nothing stops a second run on this workdir", path, e.strerror)
         else:
@@ -60,31 +77,101 @@ def claim(workdir: str, lock: bool = True):
         os.close(fd)  # releases the lock
 
 
-def _with_current_defaults(saved: dict, arch: str) -> ml_collections.ConfigDict:  # noqa: F821
-    """The saved experiment config on top of today's defaults, so that a workdir written before a config field
-    was added still loads (the new field takes its default, which keeps the old behaviour)."""
-    import ml_collections
+def _atomic_json(path: str, obj) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, default=_json_default)
+    os.replace(tmp, path)
 
-    from experiments.configs import base
 
-    config = base.base_config(arch, "tiny") if arch in base.OBJECTIVES else ml_collections.ConfigDict()
+def _json_default(x):
+    return None if isinstance(x, float) and math.isnan(x) else str(x)
 
-    def merge(node, values):
-        for key, value in values.items():
-            if isinstance(value, dict) and key in node and isinstance(node[key], ml_collections.ConfigDict):
-                merge(node[key], value)
-            elif isinstance(value, dict):
-                node[key] = ml_collections.ConfigDict(value)
-            else:
-                with node.ignore_type():
-                    node[key] = value
 
-    merge(config, saved)
-    return config
+def checkpoint_dir(workdir: str) -> str:
+    return os.path.join(workdir, CHECKPOINTS)
+
+
+def write_record(workdir: str, record: dict) -> None:
+    """config.json: {'config': the experiment config, 'model_config': ..., 'data': data facts, ...}."""
+    _atomic_json(os.path.join(workdir, CONFIG_FILE), record)
+
+
+def write_summary(workdir: str, summary: dict) -> None:
+    _atomic_json(os.path.join(workdir, SUMMARY_FILE), summary)
+
+
+def read_summary(workdir: str) -> dict | None:
+    """summary.json of a finished run, or None if there is none yet."""
+    path = os.path.join(workdir, SUMMARY_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def record_path(path: str) -> str:
+    """config.json of the workdir that `path` is, or holds (its checkpoints/ folder or a step folder in it)."""
+    p = os.path.abspath(path)
+    for _ in range(3):
+        if os.path.isfile(os.path.join(p, CONFIG_FILE)):
+            return os.path.join(p, CONFIG_FILE)
+        p = os.path.dirname(p)
+    fail(f"--workdir={path} has no {CONFIG_FILE} (nor has the workdir above it): pass a directory written by "
+         "train.main or experiments.hf_import")
+
+
+def read_record(workdir: str) -> dict:
+    """The contents of config.json of `workdir` (or of the workdir a checkpoint path belongs to)."""
+    if not os.path.exists(workdir):
+        fail(f"--workdir={workdir} does not exist: pass a directory written by train.main or experiments.hf_import")
+    path = record_path(workdir)
+    with open(path) as f:
+        record = json.load(f)
+    for key in ("config", "model_config"):
+        if key not in record:
+            fail(f"{path} has no {key!r}: it was not written by train.main or experiments.hf_import")
+    return record
+
+
+def saved_config(record: dict) -> ml_collections.ConfigDict:
+    """The experiment config a record holds, unlocked (every writer records the whole config)."""
+    return ml_collections.ConfigDict(record["config"])
+
+
+def inherit_pretrained(config: ml_collections.ConfigDict) -> None:
+    """Fine-tuning from config.init_from (or a baseline shaped like config.task.model_from): overwrites, in place,
+    config.model with that workdir's model config and config.data's tokenizer settings with its run's, and for the
+    probe tasks its corpus settings too. Called on the config before anything is built (train/main.py, probes)."""
+    if config.objective.name != "classify":
+        return
+    source = config.init_from or config.task.model_from
+    if not source:
+        return
+    if config.init_from and config.task.model_from and config.init_from != config.task.model_from:
+        fail(f"init_from={config.init_from!r} and task.model_from={config.task.model_from!r} differ; set only one "
+             "(model_from is for a random-init model shaped like a pretrained one)")
+    record = read_record(source)
+    for k, v in record["model_config"].items():
+        config.model[k] = v
+    probe = config.task.name in probes.TASKS
+    for k in TOKENIZER_FIELDS + (CORPUS_FIELDS if probe else ()):
+        config.data[k] = record["config"]["data"][k]
+    trained = (record.get("data") or {}).get("tokenizer", "")  # the tokenizer file the run trained, if any
+    if not config.data.tokenizer and trained not in ("", "byte") and os.path.isfile(trained):
+        config.data.tokenizer = trained
+    if config.model.position == "learned" and config.data.seq_len > config.model.max_len:
+        fail(f"data.seq_len={config.data.seq_len} exceeds the pretrained model's max_len={config.model.max_len} "
+             "(learned positions); lower data.seq_len")
+    if config.task.dropout >= 0:  # the recipe's dropout, over whatever the model was pretrained with
+        config.model.dropout = config.task.dropout
+    logging.info("fine-tuning %s (%s, %s): model config and tokenizer%s from %s", config.model.arch,
+                 config.task.name, "pretrained" if config.init_from else "random init",
+                 " and corpus" if probe else "", record_path(source))
 
 
 def load_workdir(workdir: str):
-    """(config, model_cfg, model, params, tokenizer) of a workdir written by train.main or model.hf_import.
+    """(config, model_cfg, model, params, tokenizer) of a workdir written by train.main or experiments.hf_import.
 
     config is the experiment ConfigDict from config.json; params the newest checkpoint's parameters on the first
     device; tokenizer the one recorded in config.json (rebuilt through data.pipeline if its file is gone), or None
@@ -92,54 +179,32 @@ def load_workdir(workdir: str):
     that is not one, has no checkpoint yet, or whose tokenizer does not fit the model.
     """
     if not os.path.isdir(workdir):
-        _fail(f"--workdir={workdir} does not exist: pass a directory written by train.main or model.hf_import")
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
-        _fail(f"--workdir={workdir} has no config.json: pass a directory written by train.main or "
-              "model.hf_import")
-    with open(path) as f:
-        record = json.load(f)
-    import flax.linen as nn  # Imported here so that a wrong --workdir fails fast.
-    import jax
-    import jax.numpy as jnp
-
-    import model as model_lib
-    from train import checkpoint
-
-    if "model_config" not in record:
-        _fail(f"{path} has no 'model_config': it was not written by train.main or model.hf_import")
-    config = _with_current_defaults(record.get("config", {}), record["model_config"].get("arch", "gpt"))
+        fail(f"--workdir={workdir} does not exist: pass a directory written by train.main or experiments.hf_import")
+    record = read_record(workdir)
+    config = saved_config(record)
     model_cfg = model_lib.from_dict(record["model_config"])
     model = model_lib.build(model_cfg)
-    ckpt_dir = os.path.join(workdir, "checkpoints")
+    ckpt_dir = checkpoint_dir(workdir)
     if not (os.path.isdir(ckpt_dir) and any(n.isdigit() and os.path.exists(os.path.join(ckpt_dir, n, "state"))
                                             for n in os.listdir(ckpt_dir))):
-        _fail(f"--workdir={workdir} has no checkpoint yet (checkpoints/<step>/state): train it first, or wait "
-              "for its first checkpoint (train.checkpoint_every)")
-
-    dummy = jnp.zeros((1, 1), jnp.int32)
-    args = (dummy, dummy) if model_cfg.arch == "t5" else (dummy,)
-    boxed = jax.eval_shape(model.init, jax.random.key(0), *args)["params"]
+        fail(f"--workdir={workdir} has no checkpoint yet (checkpoints/<step>/state): train it first, or wait "
+             "for its first checkpoint (train.checkpoint_every)")
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
-                            nn.meta.unbox(boxed))
+                            model_lib.abstract_params(model_cfg))
     try:
         params = checkpoint.load_params(workdir, abstract)
     except checkpoint.CheckpointError as e:
-        _fail(f"--workdir={workdir}: {str(e).removeprefix('init_from: ')}")
+        fail(f"--workdir={workdir}: {str(e).removeprefix('init_from: ')}")
     tokenizer = _load_tokenizer(record, config, workdir)
     if tokenizer is not None and tokenizer.vocab_size != model_cfg.vocab_size:
-        _fail(f"--workdir={workdir}: the tokenizer {tokenizer.path or 'byte'} has {tokenizer.vocab_size} tokens "
-              f"but the model has model.vocab_size={model_cfg.vocab_size}")
+        fail(f"--workdir={workdir}: the tokenizer {tokenizer.path or 'byte'} has {tokenizer.vocab_size} tokens "
+             f"but the model has model.vocab_size={model_cfg.vocab_size}")
     return config, model_cfg, model, params, tokenizer
 
 
 def _load_tokenizer(record: dict, config, workdir: str):
     """The workdir's tokenizer, or None if config.json records none (an imported model)."""
-    from data import pipeline
-    from data import tokenizer as tokenizer_lib
-    from data.errors import DataError
-
     recorded = record.get("data", {}).get("tokenizer")
     if recorded is None:
         return None

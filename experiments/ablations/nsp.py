@@ -13,11 +13,10 @@ report alike and which the report's eval-loss column and plots show. eval/loss i
 MLM loss + NSP loss (what that run minimises). eval/nsp_accuracy says how far the NSP runs got on the second task
 (0.5 is chance).
 
-What the default answers: at this scale NSP itself is not learned (measured: the cheap model stayed at chance,
-train nsp_accuracy 0.49-0.55, even after 3000 steps), so the default grid measures what the pair format and an
-unlearned NSP loss cost the MLM at equal steps. The `tiny` BERT stays at chance for about 4000 of 5000 steps and
-then reaches eval nsp_accuracy 0.64 (README, Extras); to compare with a learned NSP, train at the tiny size for
-5000 steps (40-70 minutes per run on 2 CPU cores):
+What the default answers: at this scale NSP itself is not learned (the cheap model stays at chance even after
+3000 steps; docs/results.md), so the default grid measures what the pair format and an unlearned NSP loss cost the
+MLM at equal steps. The `tiny` BERT learns NSP only late in a 5000-step run; to compare with a learned NSP, train
+at the tiny size for 5000 steps (about an hour per run on 2 CPU cores):
   ... --steps=5000 --config.data.seq_len=128 --config.model.max_len=128 --config.data.vocab_size=8000
       --config.model.d_model=128 --config.model.d_ff=512 --config.train.batch_size=32 --config.train.warmup_steps=30
 """

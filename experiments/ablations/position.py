@@ -3,9 +3,8 @@
   python -m experiments.sweep --sweep=experiments/ablations/position.py --workdir=runs/pos
   python -m experiments.sweep --sweep=experiments/ablations/position.py --workdir=runs/pos --dry_run
 
-5 encodings x 3 architectures x 2 seeds = 30 runs of the cheap CPU model (experiments/sweep.py CHEAP), each
-20-45 s on 2 CPU cores (10-25 minutes in all). `--steps=N` or `--budget_flops=F` changes the length;
-`--config.x=y` changes every run.
+5 encodings x 3 architectures x 2 seeds = 30 runs of the cheap CPU model (experiments/sweep.py CHEAP; what a run
+costs: docs/results.md). `--steps=N` or `--budget_flops=F` changes the length; `--config.x=y` changes every run.
 """
 
 from experiments.sweep import CHEAP

@@ -18,19 +18,9 @@ The recipe below (600 steps of 32 x 32 tokens, AdamW 3e-4) is the one experiment
 contender. For the probe tasks it also pools with 'max' over the tokens, trains on 4 (positive, negative) pairs per
 probe-train source document (task.train_pairs) and, for T5, reads the decoder's states with the text fed to both
 encoder and decoder (BART's way); other tasks use the architecture's default pooling of model/classifier.py and
-T5's encoder. Probe batches keep each source document's pairs together (data/classify.py). Measured on the
-contenders of the comparison at 4e12 FLOPs (experiments/probes.py):
-  - with one pair per source the runs memorised the ~1,080 training pairs (GPT train accuracy 0.93, eval 0.69,
-    eval loss rising after step 200); with 4 the eval loss falls to the end: GPT word_order 0.693 -> 0.708,
-    a BERT's 0.631 -> 0.661. Neither 1200 steps instead of 600 nor lr 1e-3 clearly helped (BERT word_order 0.653
-    and 0.633; GPT next_sentence 0.588 and 0.525, against 0.574);
-  - with examples shuffled one by one no model left chance in 600 steps; in pairs, a GPT went from 0.497
-    to 0.679 (the comparison's earlier batch-32 contender; the batch-8 one reaches 0.693);
-  - T5's encoder output gave 0.516 (random init 0.540): after span corruption at that budget its decoder does not
-    read the encoder (train.evaluate --shuffle_encoder), so what it learned is in the decoder: 0.616 (random 0.587);
-  - on a tiny GPT pretrained 300 steps (examples shuffled one by one), the last-token default stayed at chance
-    (0.505) where max pooling reached 0.667 and mean pooling 0.580; 150 steps were too few for any;
-  - task.dropout=0.1 (BERT, T5 encoder) did not help.
+T5's encoder. Probe batches keep each source document's pairs together (data/classify.py). Each of these choices
+was measured against the alternatives (one pair per source memorised the training pairs; examples shuffled one by
+one stayed at chance; T5's encoder output carried less than its decoder): docs/results.md, "The probe recipe".
 """
 
 import ml_collections

@@ -15,10 +15,9 @@ get_suite() returns a dict:
 """
 
 import importlib
-import importlib.util
 import os
 
-from experiments.sweep import ROOT, SweepError
+from experiments.planning import SweepError, load_module
 
 KEYS = ("description", "contenders", "budget", "param_tolerance", "evals")
 OPTIONAL = ("probes", "zero_shot", "overrides")
@@ -27,12 +26,7 @@ OPTIONAL = ("probes", "zero_shot", "overrides")
 def load(name: str) -> dict:
     """The suite `name` (a module of this package, 'default') or a path to a suite file."""
     if name.endswith(".py"):
-        path = name if os.path.exists(name) else os.path.join(ROOT, name)
-        if not os.path.exists(path):
-            raise SweepError(f"--suite={name}: file not found")
-        spec = importlib.util.spec_from_file_location("_triad_suite", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        module = load_module(name, f"--suite={name}: file not found")
     else:
         try:
             module = importlib.import_module(f"experiments.suites.{name}")

@@ -1,13 +1,13 @@
 """The learning-rate grid behind the default suite: each of its contenders at each peak learning rate of LRS, at
 4e12 training FLOPs with the default suite's batch and schedule shape.
 
-  python -m experiments.compare --suite=learning_rate --workdir=runs/lr        (15 runs, about 15 minutes on 2 cores)
+  python -m experiments.compare --suite=learning_rate --workdir=runs/lr        (15 runs of the 4e12 budget)
   python -m experiments.compare --suite=learning_rate --workdir=runs/lr --contenders=bert@0.001,bert@0.003
 
 Read it on the eval-loss column: within one contender the rows share an objective, so their losses compare (across
-contenders they do not). Each default contender takes the learning rate with the lowest eval loss here
-(experiments/suites/default.py gives the measured grid). The probe columns are off: the choice is made on the
-pretraining objective alone, never on the probes it is later judged by (pass --zero_shot=word_order to see them).
+contenders they do not). Each default contender takes the learning rate with the lowest eval loss here (the
+measured grid is in docs/results.md). The probe columns are off: the choice is made on the pretraining objective
+alone, never on the probes it is later judged by (pass --zero_shot=word_order to see them).
 """
 
 from experiments.suites import default

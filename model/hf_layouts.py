@@ -1,25 +1,18 @@
-"""Hugging Face checkpoints -> Triad: GPT-2 (GPT2LMHeadModel), BERT (BertForMaskedLM; a BertForPreTraining file
-also gives the pooler and next-sentence head, model.nsp_head) and T5 (T5ForConditionalGeneration, v1.0 and v1.1)
-from a model directory holding config.json and model.safetensors.
+"""The Hugging Face tensor layouts: how a GPT-2 (GPT2LMHeadModel), BERT (BertForMaskedLM; BertForPreTraining adds
+the pooler and next-sentence head, model.nsp_head) or T5 (T5ForConditionalGeneration, v1.0 and v1.1) checkpoint
+maps to Triad's parameters and ModelConfig.
 
-  python -m model.hf_import --hf_dir=PATH --workdir=runs/gpt2-hf
-
-writes a workdir (config.json as train/loop.py writes it, and a parameters-only checkpoint) that
---config.init_from reads. `import_hf(hf_dir) -> (ModelConfig, params)` does the same in memory. Tensors are read
-with numpy (no torch). Every tensor of the file becomes a Triad parameter or is ignored by a name listed in the
-family's `ignored`/`aliases` below; an unknown, missing or misshapen tensor is an HFImportError naming it.
-
-The layouts (`Tensor` lists) are the single description of the mapping: model/hf_export.py runs them backwards.
+`FAMILIES` holds, per HF model_type, the `Tensor` layout (HF tensor name -> Triad parameter path(s), with the
+shape transform `to_ours` / `to_hf`), the config.json defaults and reader (`config_from_hf`), and the names HF keeps
+that Triad ignores. The layouts are the single description of the mapping: model/hf_convert.py reads and writes
+model directories with them, in both directions.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 import re
-import sys
 from collections.abc import Callable
 
 import numpy as np
@@ -29,8 +22,9 @@ from model.config import ConfigError, ModelConfig, preset
 QKV = ("query", "key", "value")
 
 
-class HFImportError(ValueError):
-    """A Hugging Face checkpoint Triad cannot read; the message names the file, tensor or config.json field."""
+class HFImportError(ConfigError):
+    """A Hugging Face checkpoint Triad cannot read; the message names the file, tensor or config.json field (a
+    ConfigError, so the commands report it as one line)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -309,239 +303,21 @@ FAMILIES = {f.model_type: f for f in (
 FAMILY_OF_ARCH = {f.arch: f for f in FAMILIES.values()}
 
 
-def abstract_params(cfg: ModelConfig):
-    """The parameter tree of build(cfg) as ShapeDtypeStructs, from jax.eval_shape (nothing is computed)."""
-    import flax.linen as nn
-    import jax
-    import jax.numpy as jnp
-
-    from model import build
-
-    dummy = jnp.zeros((1, 1), jnp.int32)
-    args = (dummy, dummy) if cfg.arch == "t5" else (dummy,)
-    return nn.meta.unbox(jax.eval_shape(build(cfg).init, jax.random.key(0), *args)["params"])
-
-
-def abstract_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """{'/'-joined path: shape} of the parameters of build(cfg)."""
-    from flax import traverse_util
-
-    return {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(abstract_params(cfg), sep="/").items()}
+def family_of(c: dict, where: str = "config.json") -> Family:
+    """The Family of a transformers config.json's contents `c`; an unsupported model_type raises HFImportError."""
+    if c.get("model_type") not in FAMILIES:
+        raise HFImportError(f"{where}: model_type={c.get('model_type')!r} is not supported: Triad imports "
+                            f"{', '.join(repr(k) for k in FAMILIES)}")
+    return FAMILIES[c["model_type"]]
 
 
 def config_from_hf(c: dict, tie: bool, where: str = "config.json") -> ModelConfig:
     """The ModelConfig of a transformers config.json's contents `c` (tie: the output projection is the token
     embedding); an unsupported value raises HFImportError naming the field."""
-    if c.get("model_type") not in FAMILIES:
-        raise HFImportError(f"{where}: model_type={c.get('model_type')!r} is not supported: Triad imports "
-                            f"{', '.join(repr(k) for k in FAMILIES)}")
-    family = FAMILIES[c["model_type"]]
+    family = family_of(c, where)
     try:
         return family.config(_Fields(c, family.defaults, where), bool(tie))
+    except HFImportError:
+        raise
     except ConfigError as e:
         raise HFImportError(f"{where} describes a model Triad cannot build: {e}") from None
-
-
-def read_config(hf_dir: str) -> tuple[dict, Family]:
-    """config.json of a HF model directory and its Family."""
-    path = os.path.join(hf_dir, "config.json")
-    if not os.path.isfile(path):
-        raise HFImportError(f"{hf_dir!r} has no config.json: pass a Hugging Face model directory (e.g. one made by "
-                            "`hf download gpt2 --local-dir DIR`)")
-    try:
-        with open(path) as fh:
-            c = json.load(fh)
-    except (OSError, ValueError) as e:
-        raise HFImportError(f"{path}: cannot read it as JSON ({e})") from None
-    if c.get("model_type") not in FAMILIES:
-        raise HFImportError(f"{path}: model_type={c.get('model_type')!r} is not supported: Triad imports "
-                            f"{', '.join(repr(k) for k in FAMILIES)}")
-    return c, FAMILIES[c["model_type"]]
-
-
-def read_tensors(hf_dir: str) -> tuple[dict[str, np.ndarray], str]:
-    """All tensors of model.safetensors (or of the shards listed in model.safetensors.index.json); the file name."""
-    from safetensors.numpy import load_file
-
-    single, index = os.path.join(hf_dir, "model.safetensors"), os.path.join(hf_dir, "model.safetensors.index.json")
-    if os.path.isfile(single):
-        files = [single]
-    elif os.path.isfile(index):
-        with open(index) as fh:
-            files = [os.path.join(hf_dir, s) for s in sorted(set(json.load(fh)["weight_map"].values()))]
-    else:
-        other = [n for n in ("pytorch_model.bin", "tf_model.h5", "flax_model.msgpack")
-                 if os.path.exists(os.path.join(hf_dir, n))]
-        raise HFImportError(f"{hf_dir!r} has no model.safetensors" + (
-            f" (only {', '.join(other)}; Triad reads safetensors only: download model.safetensors)" if other else ""))
-    tensors = {}
-    for path in files:
-        try:
-            tensors.update(load_file(path))
-        except TypeError:  # bfloat16, which numpy cannot name: read through JAX instead.
-            from safetensors import safe_open
-
-            with safe_open(path, framework="flax") as fh:
-                tensors.update({k: np.asarray(fh.get_tensor(k), np.float32) for k in fh.keys()})  # noqa: SIM118
-        except (OSError, ValueError) as e:
-            raise HFImportError(f"{path}: cannot read it as safetensors ({e})") from None
-    return tensors, os.path.basename(single if len(files) == 1 else index)
-
-
-def convert(c: dict, family: Family, tensors: dict[str, np.ndarray], where: str = "checkpoint"
-            ) -> tuple[ModelConfig, dict, list[str]]:
-    """(ModelConfig, nested float32 params, names of the file's tensors that were ignored) from config.json's
-    contents and the file's tensors; `where` names the files in error messages."""
-    names = {}  # Normalised name -> name in the file.
-    for n in tensors:
-        names.setdefault(family.normalise(n), n)
-    found = {k: tensors[v] for k, v in names.items()}
-    ignored = []
-    for alias, canonical in family.aliases.items():
-        if alias in found:
-            if canonical in found:
-                ignored.append(alias)
-                found.pop(alias)
-            else:
-                found[canonical] = found.pop(alias)
-    emb, head = found.get(family.embedding), found.get(family.head)
-    # Tied unless the file has an output projection that differs from the embedding (transformers 5's rule;
-    # transformers 4 read tie_word_embeddings, and its tied files have no head or an identical one).
-    tie = c.get("tie_word_embeddings", True) if head is None else (
-        emb is not None and head.shape == emb.shape and np.array_equal(head, emb))
-    if tie and head is not None:
-        ignored.append(family.head)
-        found.pop(family.head)
-    cfg = config_from_hf(c, bool(tie), os.path.join(os.path.dirname(where), "config.json"))
-    if family.nsp_head and all(n in found for n in family.nsp_head):  # BertForPreTraining: read its NSP head too.
-        cfg = cfg.replace(nsp_head=True)
-
-    layout = family.layout(cfg)
-    shapes = abstract_shapes(cfg)
-    covered = sorted(p for t in layout for p in t.ours)
-    if covered != sorted(shapes):  # A bug in a layout, not in the file.
-        raise AssertionError(f"{family.model_type} layout does not cover the model: {set(covered) ^ set(shapes)}")
-    wanted = {t.hf for t in layout}
-    for n in found:
-        if n not in wanted and any(re.fullmatch(p, n) for p in family.ignored):
-            ignored.append(n)
-    unknown = [n for n in found if n not in wanted and n not in ignored]
-    missing = [t for t in layout if t.hf not in found]
-    if missing:
-        t = missing[0]
-        msg = f"{where}: tensor {t.hf!r} is missing (it holds Triad's {', '.join(t.ours)})"
-        if len(missing) > 1:
-            msg += f"; {len(missing) - 1} more are missing"
-        if unknown:
-            msg += f"; the file has {names.get(unknown[0], unknown[0])!r}, which Triad does not know: renamed?"
-        archs = c.get("architectures") or []
-        if archs and family.architecture not in archs:
-            msg += f" (Triad imports {family.architecture}; config.json says {', '.join(archs)})"
-        raise HFImportError(msg)
-    if unknown:
-        more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
-        raise HFImportError(f"{where}: tensor {names.get(unknown[0], unknown[0])!r}{more} is not a "
-                            f"{family.architecture} parameter Triad knows or ignores (see FAMILIES in "
-                            f"model/hf_import.py)")
-    flat = {}
-    for t in layout:
-        x, want = found[t.hf], hf_shape(t, shapes)
-        if tuple(x.shape) != want:
-            raise HFImportError(f"{where}: tensor {names.get(t.hf, t.hf)!r} has shape {tuple(x.shape)}, but "
-                                f"config.json implies {want} (for Triad's {', '.join(t.ours)})")
-        flat.update(to_ours(t, x, shapes))
-    from flax import traverse_util
-
-    return cfg, traverse_util.unflatten_dict(flat, sep="/"), sorted(names.get(n, n) for n in ignored)
-
-
-def import_hf(hf_dir: str) -> tuple[ModelConfig, dict]:
-    """(ModelConfig, params) of a HF model directory: params is the nested dict of float32 numpy arrays that
-    `model.build(cfg).apply({'params': params}, ...)` takes."""
-    c, family = read_config(hf_dir)
-    tensors, file = read_tensors(hf_dir)
-    cfg, params, _ = convert(c, family, tensors, where=os.path.join(hf_dir, file))
-    return cfg, params
-
-
-def experiment_config(cfg: ModelConfig):
-    """The experiment ConfigDict of the matching published variant with config.model = cfg (and the data sizes
-    made consistent with it)."""
-    import ml_collections
-
-    from experiments.configs import base
-
-    config = base.get_config(cfg.arch, FAMILY_OF_ARCH[cfg.arch].variant(cfg))
-    config.model = ml_collections.ConfigDict(dataclasses.asdict(cfg))
-    config.data.vocab_size = cfg.vocab_size
-    if cfg.arch != "t5":  # Learned positions: the training length must fit.
-        config.data.seq_len = min(config.data.seq_len, cfg.max_len)
-    return config
-
-
-def train_flags(cfg: ModelConfig, workdir: str) -> list[str]:
-    """train.main flags that start a run from the imported workdir: the matching config variant, every
-    config.model / config.data field that differs from it, and --config.init_from."""
-    from experiments.configs import base
-
-    variant = FAMILY_OF_ARCH[cfg.arch].variant(cfg)
-    default, mine = base.get_config(cfg.arch, variant), experiment_config(cfg)
-    out = [f"--config=experiments/configs/{cfg.arch}.py:{variant}"]
-    for section in ("model", "data"):
-        out += [f"--config.{section}.{k}={v}" for k, v in mine[section].items() if default[section][k] != v]
-    return out + [f"--config.init_from={workdir}"]
-
-
-def write_workdir(hf_dir: str, workdir: str) -> tuple[ModelConfig, str, list[str]]:
-    """Imports hf_dir into workdir (config.json + a step-0 parameters-only checkpoint); returns the ModelConfig,
-    the checkpoint directory and the file's tensors that were ignored."""
-    import flax
-    import jax
-
-    from train import checkpoint
-
-    if os.path.isdir(os.path.join(workdir, "checkpoints")) and os.listdir(os.path.join(workdir, "checkpoints")):
-        raise HFImportError(f"--workdir={workdir} already has checkpoints: choose a new workdir or delete it")
-    c, family = read_config(hf_dir)
-    tensors, file = read_tensors(hf_dir)
-    cfg, params, ignored = convert(c, family, tensors, where=os.path.join(hf_dir, file))
-    os.makedirs(workdir, exist_ok=True)
-    source = {"hf_dir": os.path.abspath(hf_dir), "model_type": family.model_type,
-              "architectures": c.get("architectures"), "ignored_tensors": ignored}
-    record = {"config": json.loads(experiment_config(cfg).to_json_best_effort()),
-              "model_config": dataclasses.asdict(cfg), "hf_import": source,
-              "versions": {"jax": jax.__version__, "flax": flax.__version__, "numpy": np.__version__}}
-    with open(os.path.join(workdir, "config.json"), "w") as fh:
-        json.dump(record, fh, indent=2)
-    path = checkpoint.save_params(workdir, jax.tree.map(jax.numpy.asarray, params), {"hf_import": source})
-    return cfg, path, ignored
-
-
-def main(argv):
-    from absl import app, logging
-
-    from train import errors
-
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every step of a save at INFO.
-    try:
-        cfg, path, ignored = write_workdir(_HF_DIR.value, _WORKDIR.value)
-    except (HFImportError, *errors.user_error_types()) as e:
-        sys.stderr.write(f"error: {e}\n")
-        sys.exit(2)
-    print(f"imported {_HF_DIR.value} as a {cfg.arch} model into {path}"
-          + (f" (ignored: {', '.join(ignored)})" if ignored else ""))
-    print("start a run from it with:\n  python -m train.main " + " ".join(train_flags(cfg, _WORKDIR.value))
-          + " --workdir=runs/NAME")
-
-
-if __name__ == "__main__":
-    from absl import flags
-
-    from train import errors
-
-    _HF_DIR = flags.DEFINE_string("hf_dir", None, "Hugging Face model directory (config.json + model.safetensors).")
-    _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir to write (config.json + checkpoints/0).")
-    flags.mark_flags_as_required(["hf_dir", "workdir"])
-    sys.exit(errors.run_app(main))

@@ -1,10 +1,11 @@
 """Parameters per module and training FLOPs of an experiment config, without building or compiling the model.
 
-  python -m model.summary --config=experiments/configs/gpt.py:small [--config.model.n_layers=12] [--json]
+  python -m experiments.summary --config=experiments/configs/gpt.py:small [--config.model.n_layers=12] [--json]
 
-Pure arithmetic (model/flops.py). The vocabulary is the one a training run would use: the run replaces
-config.model.vocab_size by its tokenizer's size, i.e. config.data.vocab_size for a trained tokenizer (the size of
-data.tokenizer's file, or of the byte tokenizer, when those are set). Lengths: config.data.seq_len (the t5 encoder
+The arithmetic is model/flops.py's; this command is in experiments/ because it also reads the data settings. The
+vocabulary is the one a training run would use: the run replaces config.model.vocab_size by its tokenizer's size,
+i.e. config.data.vocab_size for a trained tokenizer (the size of data.tokenizer's file, or of the byte tokenizer,
+when those are set). Lengths: config.data.seq_len (the t5 encoder
 length S) and for t5 the decoder length T, both taken from the batch shapes data.objectives.build makes (so T is
 config.data.target_len, or when 0 the length span corruption needs for objective.noise_density and mean_span_length).
 A published architecture (model.config.published_match: the gpt2, bert-base, t5-small and t5.1.1-small variants,
@@ -20,11 +21,13 @@ import json
 import re
 import sys
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
+from data import objectives, tokenizer
 from model import flops
 from model.config import ConfigError, ModelConfig, from_dict, preset, published_match
+from train import errors
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config, e.g. experiments/configs/gpt.py:small.")
 _JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of the table.")
@@ -33,8 +36,6 @@ _PER_LAYER = flags.DEFINE_bool("per_layer", False, "One table row per layer inst
 
 def vocab_and_tokenizer(data):
     """(vocabulary size a training run would use, where it comes from, a tokenizer with the run's special tokens)."""
-    from data import tokenizer
-
     if data.tokenizer:
         tok = tokenizer.load(data.tokenizer)
         return tok.vocab_size, f"data.tokenizer={data.tokenizer}", tok
@@ -50,8 +51,6 @@ def lengths(config, cfg: ModelConfig, tok) -> tuple[int, int]:
     The objective (data.objectives.build) validates its settings and derives the t5 target length from
     objective.noise_density and mean_span_length when data.target_len is 0.
     """
-    from data import objectives
-
     shapes = objectives.build(config, tok).shapes
     if cfg.arch == "t5":
         if "encoder_inputs" not in shapes:
@@ -149,50 +148,15 @@ def table(s: dict) -> str:
     return "\n".join(lines)
 
 
-def _fail(msg: str) -> None:
-    sys.stderr.write(f"error: {msg}\n")
-    sys.exit(2)
-
-
-def _flag_error(e: BaseException, argv: list[str]) -> str:
-    """One line for an exception raised while parsing --config and its overrides."""
-    text = str(e)
-    if isinstance(e, (KeyError, AttributeError)):  # An override of a field the config does not have.
-        name = (re.findall(r"(\w+)", text) or ["?"])[0]
-        arg = next((a.split("=")[0] for a in argv if a.startswith("--config.") and name in a.split("=")[0].split(".")),
-                   "--config")
-        hint = re.search(r'Did you mean "(\w+)"', text)
-        return f"{arg}: the config has no field {name!r}" + (f"; did you mean {hint.group(1)!r}?" if hint else "")
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("Pass --help")]
-    if "Traceback" in text:  # An exception inside the config file's get_config: keep its last line.
-        arg = next((a for a in argv if a.startswith("--config=")), "--config")
-        return f"{arg}: {lines[-1]}"
-    return " ".join(lines)
-
-
-def _parse(argv: list[str]) -> list[str]:
-    try:
-        return flags.FLAGS(argv)
-    except Exception as e:  # Any flag-parsing failure is a user error: one line, no traceback.
-        _fail(_flag_error(e, argv))
-
-
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        _fail(f"unexpected arguments {argv[1:]}; usage: python -m model.summary --config=FILE.py:VARIANT [--json]")
-    from data.errors import DataError
-
-    config = _CONFIG.value
-    if config is None:
-        _fail("--config is required, e.g. --config=experiments/configs/gpt.py:small")
-    try:
-        s = summarize(config, per_layer=_PER_LAYER.value)
-    except OSError as e:  # The config file could not be loaded (config_flags raises on first use).
-        _fail(f"--config: {str(e).strip().splitlines()[-1].strip()}")
-    except (ConfigError, DataError, ValueError) as e:
-        _fail(str(e))
+    with errors.one_line():
+        if len(argv) > 1:
+            raise errors.UserError(f"unexpected arguments {argv[1:]}; usage: python -m experiments.summary "
+                                   "--config=FILE.py:VARIANT [--json]")
+        s = summarize(_CONFIG.value, per_layer=_PER_LAYER.value)
     print(json.dumps(s, indent=2) if _JSON.value else table(s))
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=_parse)
+    flags.mark_flags_as_required(["config"])
+    sys.exit(errors.run_app(main))
