@@ -1,46 +1,63 @@
-"""Text files -> documents -> train/val split -> one flat token array per split, cached on disk.
+"""config.data -> a token store (data/store.py): which files, the train/val split, the tokenizer, and preparing it.
 
-Each split is stored as the documents' tokens with eos after every document, as a .npy (uint16 when the vocabulary
-fits, else int32) that is memory-mapped on load. The cache key hashes the input files' bytes (so an edited file is
-never served stale, even with the same size and mtime), the split settings and the tokenizer (its file's hash, or the
-settings that train it); the tokenizer's hash is stored and checked again on load.
+Preparation streams the input files (data/readers.py), tokenizes them in `data.num_workers` worker processes, one
+input file per work unit, and writes the store with bounded memory whatever the corpus size: a worker holds at
+most one part of `data.shard_tokens` training tokens. `load` prepares what is missing (on a small corpus that is
+all there is to it) and opens the store, memory-mapped. `python -m data.prepare` does the same ahead of training,
+for one slice of the units with --num_shards/--shard, so a job array prepares a large corpus on many machines.
+
+- The split is decided per document, from a hash of its text: a document is validation when its hash falls in
+  the lowest data.val_fraction of the hash range (or it comes from data.val_files). No list of all documents.
+- The tokenizer is data.tokenizer (a SentencePiece .model or a Hugging Face tokenizer.json), the byte tokenizer,
+  or SentencePiece trained on a bounded, deterministic sample: the first data.tokenizer_sample_mb / n megabytes of
+  training documents of each of the n training files.
+- The store's key hashes the inputs' fingerprints (size, mtime and, under 64 MiB, the bytes: data/readers.py), the
+  split and reader settings and the tokenizer's, so a changed input is never served stale; store.json records the
+  tokenizer's hash, checked on load.
+- Many processes (multi-host training): process 0 prepares; the others wait for its store.json. The store must
+  then be on storage they all see (data.cache_dir).
 """
+
+from __future__ import annotations
 
 import dataclasses
 import glob
 import gzip
 import hashlib
 import json
+import logging
+import multiprocessing
 import os
 import re
-import shutil
-import tempfile
+import time
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import sentencepiece as spm
 
+from data import readers, store
 from data import tokenizer as tokenizer_lib
 from data.errors import DataError
 
-CACHE_VERSION = 1
-SUFFIXES = (".txt", ".jsonl", ".txt.gz", ".jsonl.gz")
+STORE_VERSION = 2
 REPO_ROOT = Path(__file__).resolve().parent.parent
 _GLOB_CHARS = re.compile(r"[*?\[]")
-_ENCODE_CHUNK = 8192  # documents encoded per call, so huge corpora never live as Python int lists
+_ENCODE_CHUNK = 2048  # documents encoded per call
+_WAIT_SECONDS = 6 * 3600  # how long a process other than 0 waits for process 0's store
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
 class Corpus:
     """Token streams of both splits plus what produced them."""
 
-    tokenizer: tokenizer_lib.Tokenizer | tokenizer_lib.ByteTokenizer
-    tokens: dict[str, np.ndarray]  # split -> (N,) uint16/int32, memory-mapped
+    tokenizer: object
+    tokens: dict[str, store.TokenStream]  # split -> the (N,) stream over the store's memory-mapped parts
     documents: dict[str, int]  # split -> number of documents
     bytes: dict[str, int]  # split -> UTF-8 bytes of its documents' text
-    cache_hit: bool
-    cache_path: str
+    cache_hit: bool  # the store was complete already: nothing was tokenized
+    cache_path: str  # the store's directory
 
 
 def cache_root(cache_dir: str) -> Path:
@@ -74,8 +91,9 @@ def expand(spec: str, flag: str) -> list[Path]:
                 raise DataError(f"{flag}: {item!r} is a directory; pass files or globs such as '{item}/*.txt'")
             files.append(p)
     for f in files:
-        if not str(f).endswith(SUFFIXES):
-            raise DataError(f"{flag}: {str(f)!r} has an unsupported extension; use one of {', '.join(SUFFIXES)}")
+        if not str(f).endswith(readers.SUFFIXES):
+            raise DataError(f"{flag}: {str(f)!r} has an unsupported extension; use one of "
+                            f"{', '.join(readers.SUFFIXES)}")
     return files
 
 
@@ -90,6 +108,7 @@ def _from_repo(pattern: str, glob_: bool) -> list[str]:
 
 
 def _read_text(path: Path) -> str:
+    """The whole text of a small file (labelled examples), gunzipped; DataError on bad gzip or UTF-8."""
     raw = path.read_bytes()
     note = ""
     if path.suffix == ".gz":
@@ -108,7 +127,7 @@ def _read_text(path: Path) -> str:
 
 
 def jsonl_records(path: Path, text: str | None = None):
-    """(line number, parsed record) of each non-empty line of a .jsonl(.gz) file; DataError naming file:line."""
+    """(line number, parsed record) of each non-empty line of a small .jsonl(.gz) file; DataError naming file:line."""
     for n, line in enumerate((_read_text(path) if text is None else text).split("\n"), 1):
         if not line.strip():
             continue
@@ -118,78 +137,59 @@ def jsonl_records(path: Path, text: str | None = None):
             raise DataError(f"{path}:{n}: invalid JSON ({e.msg}); each line must be one JSON object") from None
 
 
-def read_documents(path: Path, txt_documents: str, jsonl_field: str) -> list[str]:
+def read_documents(path: Path, txt_documents: str, jsonl_field: str, parquet_column: str = "text") -> list[str]:
     """Documents of one file: stripped, empty ones dropped; raises DataError if none are left."""
-    text = _read_text(path)
-    name = path.name.removesuffix(".gz")
-    if name.endswith(".jsonl"):
-        docs = []
-        for n, record in jsonl_records(path, text):
-            if not isinstance(record, dict) or jsonl_field not in record:
-                raise DataError(
-                    f"{path}:{n}: record has no {jsonl_field!r} field; set data.jsonl_field to the field "
-                    f"holding the text or fix the line"
-                )
-            if not isinstance(record[jsonl_field], str):
-                raise DataError(f"{path}:{n}: field {jsonl_field!r} is not a string; data.jsonl_field must name text")
-            docs.append(record[jsonl_field].strip())
-    elif txt_documents == "line":
-        docs = [line.strip() for line in text.split("\n")]
-    elif txt_documents == "paragraph":
-        docs = [p.strip() for p in re.split(r"\n[ \t\r\f\v]*\n", text.replace("\r\n", "\n"))]
-    else:
-        raise DataError(f"data.txt_documents: unknown {txt_documents!r}; choose 'line' or 'paragraph'")
-    docs = [d for d in docs if d]
-    if not docs:
-        raise DataError(f"{path}: contains no text (empty after stripping whitespace); remove it or add text")
-    return docs
+    return list(readers.iter_documents(path, txt_documents, jsonl_field, parquet_column))
+
+
+_VAL_SALT = b"triad-val-split-v1"
+
+
+def is_val(doc: str, val_fraction: float) -> bool:
+    """Whether a document of a training file is held out: its text's hash is in the lowest val_fraction."""
+    h = int.from_bytes(hashlib.blake2b(doc.encode("utf-8"), digest_size=8, key=_VAL_SALT).digest(), "big")
+    return h < val_fraction * 2.0**64
 
 
 def split_train_val(docs: list[str], val_fraction: float) -> tuple[list[str], list[str]]:
-    """Holds out the round(val_fraction * n) documents (at least 1) with the smallest content hashes.
+    """(train, val) of a list of documents by `is_val`, each in the original order."""
+    _check_fraction(val_fraction)
+    flags = [is_val(d, val_fraction) for d in docs]
+    return [d for d, v in zip(docs, flags, strict=True) if not v], [d for d, v in zip(docs, flags, strict=True) if v]
 
-    Document-level and independent of the seed and of file order; identical documents land on the same side
-    unless they straddle the cut. Both splits keep the original document order.
-    """
+
+def _check_fraction(val_fraction: float) -> None:
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"data.val_fraction={val_fraction} must be in (0, 1); or pass data.val_files")
-    if len(docs) < 2:
-        raise DataError(
-            f"data.train_files: {len(docs)} document, too few to carve a validation split; add text or pass "
-            f"data.val_files"
-        )
-    n_val = min(len(docs) - 1, max(1, round(val_fraction * len(docs))))
-    keys = [hashlib.blake2b(d.encode("utf-8"), digest_size=8).digest() for d in docs]
-    order = sorted(range(len(docs)), key=lambda i: (keys[i], i))
-    is_val = np.zeros(len(docs), bool)
-    is_val[order[:n_val]] = True
-    return [d for d, v in zip(docs, is_val, strict=True) if not v], [d for d, v in zip(docs, is_val, strict=True) if v]
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
+@dataclasses.dataclass(frozen=True)
+class Unit:
+    """One input file: its documents all go to `split`, or ('split') to train or val by `is_val`."""
+
+    index: int
+    path: str
+    split: str  # 'train', 'val' or 'split'
 
 
-def _documents(files: list[Path], data) -> list[str]:
-    docs: list[str] = []
-    for f in files:
-        docs.extend(read_documents(f, data.txt_documents, data.jsonl_field))
-    return docs
+def units(data) -> list[Unit]:
+    """The work units of config.data, in order: the training files, then the validation files."""
+    if data.txt_documents not in ("line", "paragraph"):
+        raise DataError(f"data.txt_documents: unknown {data.txt_documents!r}; choose 'line' or 'paragraph'")
+    train_files = expand(data.train_files, "data.train_files")
+    val_files = expand(data.val_files, "data.val_files") if data.val_files else []
+    if not val_files:
+        _check_fraction(data.val_fraction)
+    kinds = [(f, "train" if val_files else "split") for f in train_files] + [(f, "val") for f in val_files]
+    return [Unit(i, str(f), kind) for i, (f, kind) in enumerate(kinds)]
 
 
-def _stream(tok, docs: list[str], dtype) -> np.ndarray:
-    """Tokens of `docs` with eos after every document."""
-    parts = []
-    for i in range(0, len(docs), _ENCODE_CHUNK):
-        encoded = tok.encode_batch(docs[i : i + _ENCODE_CHUNK])
-        lengths = np.fromiter((len(e) + 1 for e in encoded), np.int64, len(encoded))
-        flat = np.fromiter((t for e in encoded for t in (*e, tok.eos_id)), dtype, int(lengths.sum()))
-        parts.append(flat)
-    return np.concatenate(parts) if parts else np.zeros(0, dtype)
+def documents(data, split: str) -> Iterator[str]:
+    """The documents of one split, streamed, in store order (what data/probes.py builds its tasks from)."""
+    for u in units(data):
+        for doc in readers.iter_documents(Path(u.path), data.txt_documents, data.jsonl_field, data.parquet_column):
+            if (u.split == split) if u.split != "split" else (is_val(doc, data.val_fraction) == (split == "val")):
+                yield doc
 
 
 def _tokenizer_key(data) -> dict:
@@ -198,107 +198,168 @@ def _tokenizer_key(data) -> dict:
     if data.tokenizer_type == "byte":
         return {"type": "byte", "sha256": tokenizer_lib.ByteTokenizer().sha256}
     if data.tokenizer_type not in tokenizer_lib.MODEL_TYPES:
-        raise DataError(
-            f"data.tokenizer_type: unknown {data.tokenizer_type!r}; choose one of {list(tokenizer_lib.TOKENIZER_TYPES)}"
-        )
-    return {
-        "type": data.tokenizer_type,
-        "vocab_size": data.vocab_size,
-        "sentencepiece": spm.__version__,
-        "train_version": tokenizer_lib.TRAIN_VERSION,
-    }
+        raise DataError(f"data.tokenizer_type: unknown {data.tokenizer_type!r}; choose one of "
+                        f"{list(tokenizer_lib.TOKENIZER_TYPES)}")
+    return {"type": data.tokenizer_type, "vocab_size": data.vocab_size, "sentencepiece": spm.__version__,
+            "train_version": tokenizer_lib.TRAIN_VERSION, "sample_mb": data.tokenizer_sample_mb}
 
 
-def _make_tokenizer(data, train_docs: list[str], root: Path):
+def tokenizer_sample(data, unit_list: list[Unit]) -> list[str]:
+    """The bounded sample SentencePiece trains on: the first sample_mb / n MB of training documents of each of the
+    n training files (deterministic; reads only the head of each file)."""
+    train_units = [u for u in unit_list if u.split != "val"]
+    budget = int(data.tokenizer_sample_mb * 2**20 / max(len(train_units), 1))
+    out = []
+    for u in train_units:
+        taken = 0
+        for doc in readers.iter_documents(Path(u.path), data.txt_documents, data.jsonl_field, data.parquet_column):
+            if u.split == "split" and is_val(doc, data.val_fraction):
+                continue
+            out.append(doc)
+            taken += len(doc.encode("utf-8"))
+            if taken >= budget:
+                break
+    return out
+
+
+def _make_tokenizer(data, unit_list: list[Unit], root: Path):
     if data.tokenizer:
         return tokenizer_lib.load(data.tokenizer)
     if data.tokenizer_type == "byte":
         return tokenizer_lib.ByteTokenizer()
-    return tokenizer_lib.train_cached(train_docs, data.vocab_size, data.tokenizer_type, root)[0]
+    return tokenizer_lib.train_cached(tokenizer_sample(data, unit_list), data.vocab_size, data.tokenizer_type,
+                                      root)[0]
 
 
-def _load_cached(meta_path: Path, data):
-    """The cached tokenizer and metadata, or None when anything is missing or does not match."""
-    try:
-        meta = json.loads(meta_path.read_text())
-        if data.tokenizer:
-            tok = tokenizer_lib.load(data.tokenizer)
-        elif data.tokenizer_type == "byte":
-            tok = tokenizer_lib.ByteTokenizer()
-        else:
-            tok = tokenizer_lib.Tokenizer(Path(meta["tokenizer_path"]).read_bytes(), meta["tokenizer_path"])
-        if tok.sha256 != meta["tokenizer_sha256"]:
-            return None
-        tokens = {s: np.load(meta_path.parent / f"{s}.npy", mmap_mode="r") for s in ("train", "val")}
-        if any(len(tokens[s]) != meta["tokens"][s] for s in tokens):
-            return None
-        return tok, tokens, meta
-    except (OSError, KeyError, ValueError):
-        return None
-
-
-def load(data) -> Corpus:
-    """Reads, splits, tokenizes and caches the corpus described by config.data (tokenizing only on a miss)."""
-    train_files = expand(data.train_files, "data.train_files")
-    val_files = expand(data.val_files, "data.val_files") if data.val_files else []
-    if data.txt_documents not in ("line", "paragraph"):
-        raise DataError(f"data.txt_documents: unknown {data.txt_documents!r}; choose 'line' or 'paragraph'")
-    key_material = {
-        "version": CACHE_VERSION,
-        "train_files": [[f.name, _sha256_file(f)] for f in train_files],
-        "val_files": [[f.name, _sha256_file(f)] for f in val_files],
-        "val_fraction": None if val_files else data.val_fraction,
-        "txt_documents": data.txt_documents,
-        "jsonl_field": data.jsonl_field,
+def store_dir(data, unit_list: list[Unit]) -> Path:
+    """Where the store of config.data lives: keyed by everything that determines its contents."""
+    key = {
+        "version": STORE_VERSION,
+        "inputs": [[u.split, readers.file_fingerprint(Path(u.path))] for u in unit_list],
+        "val_fraction": data.val_fraction if any(u.split == "split" for u in unit_list) else None,
+        "txt_documents": data.txt_documents, "jsonl_field": data.jsonl_field, "parquet_column": data.parquet_column,
         "tokenizer": _tokenizer_key(data),
+        "shard_tokens": data.shard_tokens,
     }
-    key = hashlib.sha256(json.dumps(key_material, sort_keys=True).encode()).hexdigest()[:24]
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+    return cache_root(data.cache_dir) / "stores" / digest
+
+
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    """What a worker needs to write one unit (picklable: the workers are spawned processes)."""
+
+    unit: Unit
+    directory: str
+    tokenizer: str  # a tokenizer file, or '' for the byte tokenizer
+    dtype: str
+    shard_tokens: int
+    val_fraction: float
+    txt_documents: str
+    jsonl_field: str
+    parquet_column: str
+
+
+_TOKENIZERS: dict[str, object] = {}
+
+
+def _load_tokenizer(path: str):
+    if path not in _TOKENIZERS:
+        _TOKENIZERS[path] = tokenizer_lib.load(path) if path else tokenizer_lib.ByteTokenizer()
+    return _TOKENIZERS[path]
+
+
+def write_unit(job: _Job) -> int:
+    """Tokenizes one unit into its parts (resuming after the parts an earlier run finished); returns its index."""
+    directory, u = Path(job.directory), job.unit
+    tok = _load_tokenizer(job.tokenizer)
+    start, already = store.resume_point(directory, u.index)
+    writer = store.PartWriter(directory, u.index, job.dtype, job.shard_tokens, tok.eos_id, start, already)
+    docs = readers.iter_documents(Path(u.path), job.txt_documents, job.jsonl_field, job.parquet_column)
+    for _ in range(already):
+        next(docs)
+    for chunk in store.iter_chunks(docs, _ENCODE_CHUNK):
+        for doc, ids in zip(chunk, tok.encode_batch(chunk, num_threads=1), strict=True):
+            split = u.split if u.split != "split" else ("val" if is_val(doc, job.val_fraction) else "train")
+            writer.add(split, ids, len(doc.encode("utf-8")))
+    writer.flush()
+    store.write_json(directory / f"u{u.index:05d}.json", {"unit": u.index, "path": u.path, "parts": writer.part})
+    return u.index
+
+
+def prepare(data, num_workers: int = 0, num_shards: int = 1, shard: int = 0, log=print) -> Path:
+    """Writes the units of slice `shard` of `num_shards` (all of them by default) that are not done yet, in
+    `num_workers` processes (0: one per core, at most one per unit), and the index once every unit is done.
+    Returns the store's directory."""
+    if not 0 <= shard < num_shards:
+        raise DataError(f"--shard={shard} must be in [0, --num_shards={num_shards})")
+    unit_list = units(data)
+    directory = store_dir(data, unit_list)
+    if (directory / store.INDEX).is_file():
+        return directory
     root = cache_root(data.cache_dir)
-    final = root / "tokens" / key
-    if (cached := _load_cached(final / "meta.json", data)) is not None:
-        tok, tokens, meta = cached
-        return Corpus(tok, tokens, meta["documents"], meta["bytes"], True, str(final))
-
-    docs = _documents(train_files, data)
-    if val_files:
-        split = {"train": docs, "val": _documents(val_files, data)}
-    else:
-        train_docs, val_docs = split_train_val(docs, data.val_fraction)
-        split = {"train": train_docs, "val": val_docs}
     try:
-        root.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise DataError(
-            f"data.cache_dir: cannot create {str(root)!r} ({e}); set data.cache_dir or $TRIAD_CACHE"
-        ) from None
-    tok = _make_tokenizer(data, split["train"], root)
-    dtype = np.uint16 if tok.vocab_size <= 1 << 16 else np.int32
-    tokens = {s: _stream(tok, d, dtype) for s, d in split.items()}
-    meta = {
-        "key": key_material,
-        "tokenizer_path": tok.path,
-        "tokenizer_sha256": tok.sha256,
-        "documents": {s: len(d) for s, d in split.items()},
-        "bytes": {s: sum(len(x.encode("utf-8")) for x in d) for s, d in split.items()},
-        "tokens": {s: len(t) for s, t in tokens.items()},
-    }
-    tmp = Path(tempfile.mkdtemp(dir=_mkdir(root / "tokens"), prefix=f".{key}."))
-    try:
-        for s, t in tokens.items():
-            np.save(tmp / f"{s}.npy", t)
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        if final.exists():  # an invalid entry (e.g. its tokenizer changed): replace it
-            shutil.rmtree(final, ignore_errors=True)
-        try:
-            os.rename(tmp, final)  # atomic: readers see the whole entry or none of it
-        except OSError:
-            pass  # another process wrote the same entry (the content is deterministic) in the meantime
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    tokens = {s: np.load(final / f"{s}.npy", mmap_mode="r") for s in tokens}
-    return Corpus(tok, tokens, meta["documents"], meta["bytes"], False, str(final))
+        raise DataError(f"data.cache_dir: cannot create {directory} ({e.strerror or e}); set data.cache_dir or "
+                        "$TRIAD_CACHE") from None
+    tok = _make_tokenizer(data, unit_list, root)
+    tok.require("eos", purpose="the token stream (an eos after every document)")
+    dtype = "uint16" if tok.vocab_size <= 1 << 16 else "int32"
+    todo = [u for u in unit_list if u.index % num_shards == shard and u.index in store.check_complete(
+        directory, len(unit_list))]
+    jobs = [_Job(u, str(directory), tok.path, dtype, data.shard_tokens, data.val_fraction, data.txt_documents,
+                 data.jsonl_field, data.parquet_column) for u in todo]
+    workers = max(1, min(num_workers or os.cpu_count() or 1, len(jobs)))
+    t0 = time.perf_counter()
+    if workers == 1:
+        for job in jobs:
+            write_unit(job)
+    else:  # spawn: safe whatever the parent has started (JAX's threads, a prefetch thread)
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            for _ in pool.imap_unordered(write_unit, jobs):
+                pass
+    if jobs:
+        log(f"prepared {len(jobs)} of {len(unit_list)} input files in {time.perf_counter() - t0:.1f} s with "
+            f"{workers} worker{'s' * (workers > 1)} into {directory}")
+    missing = store.check_complete(directory, len(unit_list))
+    if not missing:
+        header = {"version": STORE_VERSION, "tokenizer": tok.path or "byte", "tokenizer_sha256": tok.sha256,
+                  "vocab_size": tok.vocab_size, "dtype": dtype, "shard_tokens": data.shard_tokens,
+                  "inputs": [dataclasses.asdict(u) | {"fingerprint": readers.file_fingerprint(Path(u.path))}
+                             for u in unit_list]}
+        store.write_index(directory, header, len(unit_list))
+    elif num_shards == 1:
+        raise DataError(f"preparing {directory} left units {missing[:5]} unfinished; run it again to resume")
+    return directory
 
 
-def _mkdir(p: Path) -> Path:
-    p.mkdir(parents=True, exist_ok=True)
-    return p
+def _wait_for(directory: Path) -> None:
+    t0 = time.perf_counter()
+    while not (directory / store.INDEX).is_file():
+        if time.perf_counter() - t0 > _WAIT_SECONDS:
+            raise DataError(f"waited {_WAIT_SECONDS} s for process 0 to prepare {directory}: is data.cache_dir on "
+                            "storage every process sees? Or prepare it first with python -m data.prepare")
+        time.sleep(1.0)
+
+
+def load(data, process_index: int = 0, process_count: int = 1) -> Corpus:
+    """The store of config.data, prepared first if it is not complete (by process 0; the others wait for it)."""
+    unit_list = units(data)
+    directory = store_dir(data, unit_list)
+    hit = (directory / store.INDEX).is_file()
+    if not hit:
+        if process_index == 0:
+            prepare(data, data.num_workers, log=log.info)
+        else:
+            log.info("process %d waits for process 0 to prepare the token store %s", process_index, directory)
+            _wait_for(directory)
+    if data.tokenizer:
+        tok = tokenizer_lib.load(data.tokenizer)
+    elif data.tokenizer_type == "byte":
+        tok = tokenizer_lib.ByteTokenizer()
+    else:  # the one trained for this store, recorded in its index
+        tok = tokenizer_lib.load(store.read_json(directory / store.INDEX)["tokenizer"])
+    opened = store.open_store(directory, tok.sha256)
+    return Corpus(tok, opened.streams, {s: opened.count(s, "documents") for s in store.SPLITS},
+                  {s: opened.count(s, "bytes") for s in store.SPLITS}, hit, str(directory))

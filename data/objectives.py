@@ -256,13 +256,17 @@ def build(config, tok) -> Objective:
     if L < minimum:
         what = "mlm with objective.nsp" if obj.nsp else name
         raise DataError(f"data.seq_len={L} is too short for {what}; use at least {minimum}")
-    tb = tok.token_bytes
+    # Bits per byte only where a token's bytes are exact (tokenizers that normalise text have no exact count).
+    tb = tok.token_bytes if tok.exact_bytes else np.zeros_like(tok.token_bytes)
+    purpose = f"objective.name={name!r}"
+    tok.require("eos", purpose=purpose)
     lm_shapes = {k: ((L,), f32 if k == "weights" else i32) for k in ("inputs", "targets", "weights", "target_bytes")}
     if name == "causal_lm":
         return Objective(name, L + 1, lambda w, rngs: causal_lm(w, tb), lm_shapes)
     if name == "prefix_lm":
         return Objective(name, L + 1, lambda w, rngs: prefix_lm(w, rngs, tb), {**lm_shapes, "prefix_len": ((), i32)})
     if name == "mlm":
+        tok.require("mask", "cls", "sep", purpose=purpose)
         _check_fraction("objective.mask_rate", obj.mask_rate, True, True)
         _check_fraction("objective.mask_token_frac", obj.mask_token_frac, False, False)
         _check_fraction("objective.random_token_frac", obj.random_token_frac, False, False)
@@ -277,6 +281,7 @@ def build(config, tok) -> Objective:
             return Objective(name, L - 3, lambda w, rngs: nsp(w, rngs, tok, *args), shapes, random_len=2 * (L - 3))
         return Objective(name, L - 2, lambda w, rngs: mlm(w, rngs, tok, *args), lm_shapes)
 
+    tok.require("sentinels", purpose=purpose)
     nd, msl = obj.noise_density, obj.mean_span_length
     _check_fraction("objective.noise_density", nd, True, True)
     if msl < 1:

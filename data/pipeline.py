@@ -33,7 +33,7 @@ class Split:
     """One split's token stream and how to cut it into batches (this process's rows of each global batch)."""
 
     name: str
-    tokens: np.ndarray  # (N,) the flat token stream (memory-mapped)
+    tokens: corpus_lib.store.TokenStream  # (N,) the split's token stream over the store's memory-mapped parts
     objective: objectives.Objective
     seed: int
     global_batch_size: int
@@ -74,9 +74,9 @@ class Split:
         rngs = [np.random.default_rng([self.seed, sid, step, g]) for g in range(start, stop)]
         offsets = self._offsets(step, rngs)
         W, R = self.objective.window_len, self.objective.random_len
-        windows = np.asarray(self.tokens[offsets[:, None] + np.arange(W)], np.int32)
+        windows = self.tokens.windows(offsets, W)
         if R:
-            other = np.asarray(self.tokens[self._random_offsets(offsets, rngs)[:, None] + np.arange(R)], np.int32)
+            other = self.tokens.windows(self._random_offsets(offsets, rngs), R)
             windows = np.concatenate([windows, other], axis=1)
         return self.objective(windows, rngs)
 
@@ -207,7 +207,7 @@ def build(config, process_index: int = 0, process_count: int = 1) -> Data:
         raise DataError(f"objective.name: unknown {config.objective.name!r}; choose one of {list(objectives.NAMES)}")
     if config.data.prefetch < 0:
         raise DataError(f"data.prefetch={config.data.prefetch} must be >= 0")
-    corpus = corpus_lib.load(config.data)
+    corpus = corpus_lib.load(config.data, process_index, process_count)
     tok = corpus.tokenizer
     if config.model.pad_id != tok.pad_id:
         raise DataError(f"model.pad_id={config.model.pad_id} but the tokenizer's pad id is {tok.pad_id}; set it")

@@ -1,7 +1,7 @@
 """Probe tasks built deterministically from the VALIDATION text of the pretraining corpus (never its training text).
 
 The source documents are the validation split exactly as data/corpus.py makes it (data.val_files, or the
-data.val_fraction of documents with the smallest content hashes). They are divided again, by a differently salted
+documents whose content hash falls in the lowest data.val_fraction). They are divided again, by a differently salted
 content hash, into probe-train and probe-eval sources (task.eval_fraction of them to eval), so the two parts never
 share a source document. Every usable probe-eval source gives one positive and one negative example; a probe-train
 source gives task.train_pairs such pairs, the same positive each time with another negative (another pair of words
@@ -47,12 +47,7 @@ _MIN_SIDE = 3  # next_sentence: words each part keeps at least
 
 def source_documents(data) -> list[str]:
     """The validation documents of the corpus config.data describes, as data/corpus.py splits them."""
-    if data.val_files:
-        files = corpus_lib.expand(data.val_files, "data.val_files")
-        return [d for f in files for d in corpus_lib.read_documents(f, data.txt_documents, data.jsonl_field)]
-    files = corpus_lib.expand(data.train_files, "data.train_files")
-    docs = [d for f in files for d in corpus_lib.read_documents(f, data.txt_documents, data.jsonl_field)]
-    return corpus_lib.split_train_val(docs, data.val_fraction)[1]
+    return list(corpus_lib.documents(data, "val"))
 
 
 def split_sources(docs: list[str], eval_fraction: float) -> dict[str, list[str]]:

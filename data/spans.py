@@ -162,13 +162,13 @@ def span_corruption(
     tokens = drop_eos(windows, tok.eos_id, raw)
     noise = random_spans_noise_mask(rngs, raw, noise_density, mean_span_length)
     enc_len, tgt_len = span_lengths(raw, noise_density, mean_span_length)
-    enc = np.zeros((B, seq_len), np.int32)
+    enc = np.full((B, seq_len), tok.pad_id, np.int32)
     enc[:, : enc_len - 1] = _spans_to_sentinels(tokens, noise, tok.sentinel_ids, enc_len - 1)
     enc[:, enc_len - 1] = tok.eos_id
-    targets = np.zeros((B, target_len), np.int32)
+    targets = np.full((B, target_len), tok.pad_id, np.int32)
     targets[:, : tgt_len - 1] = _spans_to_sentinels(tokens, ~noise, tok.sentinel_ids, tgt_len - 1)
     targets[:, tgt_len - 1] = tok.eos_id
-    decoder_inputs = np.zeros_like(targets)
+    decoder_inputs = np.full_like(targets, tok.pad_id)  # pad is T5's decoder start token
     decoder_inputs[:, 1:] = targets[:, :-1]
     weights = np.broadcast_to(np.arange(target_len) < tgt_len, (B, target_len)).astype(np.float32)
     return {

@@ -1,10 +1,13 @@
-"""Tokenizers with the special tokens all three objectives need: SentencePiece (trained or loaded) and bytes.
+"""Tokenizers with the special tokens all three objectives need: SentencePiece (trained or loaded), bytes, and
+Hugging Face tokenizer.json files.
 
 Fixed ids: pad 0, eos 1, unk 2, bos 3. Then '[MASK]', '[CLS]', '[SEP]' and the 100 T5 sentinels
 '<extra_id_0>'..'<extra_id_99>' (ids 4..106 in a tokenizer trained here; looked up by piece in a loaded one).
+A Hugging Face tokenizer keeps its own ids; its specials are found by piece (data/hf_tokenizer.py, `HF_SPECIALS`).
 
 A tokenizer trained here round-trips text exactly (identity normalisation, whitespace kept, no dummy prefix), so
-`token_bytes[ids].sum()` is the UTF-8 length of the text: that is what bits-per-byte divides by.
+`token_bytes[ids].sum()` is the UTF-8 length of the text: that is what bits-per-byte divides by. `exact_bytes`
+says whether that holds (True here and for byte-level BPE files; False for those that normalise or drop text).
 """
 
 import hashlib
@@ -31,36 +34,93 @@ TRAIN_VERSION = 1  # bump when the training options below change, so cached toke
 _TRAIN_MAX_LINES = 2_000_000  # Lines (evenly strided) SentencePiece trains on; enough for any vocab we use.
 _TRAIN_CHUNK_CHARS = 4096  # Longer lines are cut into pieces (SentencePiece skips over-long sentences).
 
-
+# A Hugging Face tokenizer's specials, by piece among the tokens it marks special; the first one present wins.
+# eos ends every document in the token stream (BERT: its [SEP], the separator between its documents). Missing:
+# pad and bos fall back to eos (Hugging Face pads GPT-2 with eos), the others are -1 (sentinels: none).
+HF_SPECIALS = {
+    "eos": ("</s>", "<|endoftext|>", "<|end_of_text|>", "[SEP]"),
+    "pad": ("<pad>", "[PAD]"),
+    "unk": ("<unk>", "[UNK]"),
+    "bos": ("<s>", "<|begin_of_text|>", "[CLS]"),
+    "mask": ("[MASK]", "<mask>"),
+    "cls": ("[CLS]", "<s>"),
+    "sep": ("[SEP]", "</s>"),
+}
+# What `require` names when a special is missing: (the token, the kind of tokenizer that has it).
+_NEEDS = {
+    "eos": ("end-of-document token ('</s>', '<|endoftext|>', '<|end_of_text|>' or '[SEP]')", "a GPT-2 or T5 tokenizer"),
+    "pad": ("padding token ('<pad>' or '[PAD]')", "a BERT or T5 tokenizer"),
+    "unk": ("unknown token ('<unk>' or '[UNK]')", "a BERT or T5 tokenizer"),
+    "bos": ("start token ('<s>' or '[CLS]')", "a BERT tokenizer"),
+    "mask": ("[MASK] token ('[MASK]' or '<mask>')", "a BERT tokenizer"),
+    "cls": ("[CLS] token ('[CLS]' or '<s>')", "a BERT tokenizer"),
+    "sep": ("[SEP] token ('[SEP]' or '</s>')", "a BERT tokenizer"),
+    "sentinels": ("sentinel tokens ('<extra_id_0>', '<extra_id_1>', ...)", "a T5 tokenizer"),
+}
+# Pre-tokenizer steps that keep every character, so a byte-level BPE stays lossless (Split/Punctuation unless
+# their behavior is 'Removed'); whitespace splitters, Metaspace and the like drop or add text.
 class _Specials:
-    """Special-token attributes and helpers shared by both tokenizer classes (needs `_piece_id`)."""
+    """Special-token attributes and helpers shared by the tokenizer classes (needs `_piece_id`, `_decode_run`).
+
+    An id is -1 (and `sentinel_ids` empty) where a tokenizer lacks that special; `require` names what is missing.
+    """
 
     pad_id, eos_id, unk_id, bos_id = PAD_ID, EOS_ID, UNK_ID, BOS_ID
+    exact_bytes = True  # token_bytes[ids].sum() == UTF-8 length of the encoded text (see HFTokenizer)
 
-    def _init_specials(self) -> None:
-        self.mask_id = self._piece_id(MASK)
-        self.cls_id = self._piece_id(CLS)
-        self.sep_id = self._piece_id(SEP)
-        self.sentinel_ids = np.array([self._piece_id(s) for s in SENTINELS], np.int32)
-        fixed = [PAD_ID, EOS_ID, UNK_ID, BOS_ID, self.mask_id, self.cls_id, self.sep_id]
-        self.special_ids = np.array(fixed + self.sentinel_ids.tolist(), np.int32)
+    def _init_specials(self, mask: int, cls: int, sep: int, sentinels: Sequence[int], extra: Iterable[int] = ()):
+        self.mask_id, self.cls_id, self.sep_id = mask, cls, sep
+        self.sentinel_ids = np.array(sentinels, np.int32).reshape(-1)  # <extra_id_0> first
+        ids = [self.pad_id, self.eos_id, self.unk_id, self.bos_id, mask, cls, sep, *self.sentinel_ids.tolist(), *extra]
+        self.special_ids = np.array([i for i in dict.fromkeys(ids) if i >= 0], np.int32)
         is_special = np.zeros(self.vocab_size, bool)
         is_special[self.special_ids] = True
         self.is_special = is_special  # (V,) bool
         self.normal_ids = np.flatnonzero(~is_special).astype(np.int32)  # what an MLM random replacement draws
 
+    def require(self, *names: str, purpose: str) -> None:
+        """DataError unless the tokenizer has each special in `names` ('eos', 'mask', 'cls', 'sep', 'sentinels', ...);
+        `purpose` says who needs it, e.g. "objective.name='mlm'"."""
+        for name in names:
+            if name not in _NEEDS:
+                raise ValueError(f"unknown special {name!r}; choose from {list(_NEEDS)}")
+            have = len(self.sentinel_ids) > 0 if name == "sentinels" else getattr(self, f"{name}_id") >= 0
+            if have:
+                continue
+            what, fix = _NEEDS[name]
+            unmarked = [p for p in HF_SPECIALS.get(name, ()) if self._in_vocab(p)]
+            note = f" ({unmarked[0]!r} is in its vocabulary but not marked special)" if unmarked else ""
+            raise DataError(
+                f"data.tokenizer: {self.path or 'the tokenizer'} has no {what}{note}, which {purpose} needs; use "
+                f"{fix} or train one (data.tokenizer='')"
+            )
+
+    def _triad_specials(self) -> tuple[int, int, int, list[int]]:
+        """(mask, cls, sep, sentinels) of a tokenizer with Triad's pieces (`_piece_id` of each)."""
+        return self._piece_id(MASK), self._piece_id(CLS), self._piece_id(SEP), [self._piece_id(p) for p in SENTINELS]
+
+    def _in_vocab(self, piece: str) -> bool:
+        return False
+
     def sentinel_id(self, i: int) -> int:
         """Id of '<extra_id_{i}>'."""
+        if not 0 <= i < len(self.sentinel_ids):
+            self.require("sentinels", purpose=f"<extra_id_{i}>")
+            raise DataError(
+                f"data.tokenizer: {self.path or 'the tokenizer'} has {len(self.sentinel_ids)} sentinels "
+                f"(<extra_id_0>..<extra_id_{len(self.sentinel_ids) - 1}>), so no <extra_id_{i}>"
+            )
         return int(self.sentinel_ids[i])
 
     def _special_text(self, i: int) -> str:
         return {EOS_ID: "</s>", BOS_ID: "<s>", UNK_ID: "<unk>"}.get(i, self.id_to_piece(i))
 
     def decode(self, ids: Iterable[int]) -> str:
-        """Text of `ids`; specials shown as text ('[MASK]', '<extra_id_3>', '</s>'), pad dropped."""
+        """Text of `ids`; specials shown as text ('[MASK]', '<extra_id_3>', '</s>'), pad dropped (unless it is eos)."""
         out, run = [], []
+        drop = self.pad_id if self.pad_id != self.eos_id else None
         for i in (int(x) for x in ids):
-            if i == PAD_ID:
+            if i == drop:
                 continue
             if 0 <= i < self.vocab_size and self.is_special[i]:
                 out.append(self._decode_run(run))
@@ -81,7 +141,7 @@ class Tokenizer(_Specials):
         self.sha256 = hashlib.sha256(model_proto).hexdigest()
         self.vocab_size = self.sp.vocab_size()
         self._check_specials()
-        self._init_specials()
+        self._init_specials(*self._triad_specials())
         self.token_bytes = self._token_bytes()
 
     def _piece_id(self, piece: str) -> int:
@@ -144,7 +204,7 @@ class ByteTokenizer(_Specials):
         self.sha256 = "byte-tokenizer-v1"
         self.vocab_size = self.OFFSET + 256
         self._pieces = ["<pad>", "</s>", "<unk>", "<s>", *USER_SPECIALS] + [f"<0x{b:02X}>" for b in range(256)]
-        self._init_specials()
+        self._init_specials(*self._triad_specials())
         self.token_bytes = np.zeros(self.vocab_size, np.int32)
         self.token_bytes[self.OFFSET :] = 1
 
@@ -167,13 +227,25 @@ class ByteTokenizer(_Specials):
         return bytes(i - self.OFFSET for i in ids).decode("utf-8", errors="replace")
 
 
-def load(path: str) -> Tokenizer:
-    """Loads a SentencePiece .model file (data.tokenizer); raises DataError if it lacks Triad's specials."""
+def load(path: str):
+    """Loads data.tokenizer: a Hugging Face tokenizer.json (by its .json suffix) or a SentencePiece .model file with
+    Triad's specials; raises DataError if it is missing, unreadable, or (SentencePiece) lacks those specials."""
     p = Path(path).expanduser()
     if not p.is_file():
-        raise DataError(f"data.tokenizer: {path!r} does not exist; pass a SentencePiece .model file or '' to train one")
+        raise DataError(
+            f"data.tokenizer: {path!r} does not exist; pass a SentencePiece .model file, a Hugging Face "
+            f"tokenizer.json, or '' to train one"
+        )
     try:
-        return Tokenizer(p.read_bytes(), str(p))
+        content = p.read_bytes()
+    except OSError as e:
+        raise DataError(f"data.tokenizer: cannot read {path!r} ({e})") from None
+    if p.suffix.lower() == ".json":
+        from data.hf_tokenizer import HFTokenizer  # data/hf_tokenizer.py builds on this module's _Specials
+
+        return HFTokenizer(content, str(p))
+    try:
+        return Tokenizer(content, str(p))
     except RuntimeError as e:
         raise DataError(f"data.tokenizer: {path!r} is not a SentencePiece model ({e}); pass a .model file") from None
 

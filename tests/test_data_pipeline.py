@@ -2,10 +2,12 @@
 
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from data import corpus as corpus_lib
 from data import pipeline
 from data.errors import DataError
 from tests.test_data_common import make_config, write_corpus
@@ -135,7 +137,9 @@ def test_batch_is_fast(corpus_file, cache):
 
 def test_summary(corpus_file, cache):
     s = pipeline.build(config("span_corruption", corpus_file, cache)).summary()
-    assert s["train_documents"] + s["val_documents"] == 1500 and s["val_documents"] == 150
+    docs = corpus_lib.read_documents(Path(corpus_file), "line", "text")
+    assert s["train_documents"] + s["val_documents"] == 1500 == len(docs)
+    assert s["val_documents"] == sum(corpus_lib.is_val(d, 0.1) for d in docs)  # each document by its hash
     assert s["vocab_size"] == 512 and s["cache_hit"] in (True, False) and s["train_tokens"] > 0
     assert s["objective"] == "span_corruption"
 

@@ -95,3 +95,12 @@ def test_load_missing_or_invalid_file(tmp_path):
 def test_unknown_model_type(tmp_path):
     with pytest.raises(DataError, match=r"data\.tokenizer_type: unknown 'wordpiece'"):
         tokenizer_lib.train(["a b c"], 500, "wordpiece", str(tmp_path / "t"))
+
+
+@pytest.mark.parametrize("kind", ["sentencepiece", "byte"])
+def test_triad_tokenizers_are_exact_and_have_every_special(tok, kind):
+    t = tok if kind == "sentencepiece" else tokenizer_lib.ByteTokenizer()
+    assert t.exact_bytes
+    t.require("eos", "pad", "unk", "bos", "mask", "cls", "sep", "sentinels", purpose="every objective")
+    with pytest.raises(DataError, match=r"has 100 sentinels .*no <extra_id_100>"):
+        t.sentinel_id(100)

@@ -113,3 +113,19 @@ def test_two_processes_match_one_device(tmp_path, arch):
     np.testing.assert_allclose([two[s] for s in sorted(two)], [one[s] for s in sorted(one)], rtol=1e-5)
     with open(f"{d}/two/config.json") as f:
         assert json.load(f)["devices"] == {"backend": "cpu", "count": 8, "kind": "cpu", "processes": 2}
+
+
+@pytest.mark.slow
+def test_in_two_processes_only_process_zero_prepares_the_store(tmp_path):
+    """A fresh cache: process 0 tokenizes, process 1 waits for its index (jax.distributed on 127.0.0.1)."""
+    d = str(tmp_path)
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, "-m", "train.main", *_train_args("gpt", d, f"{d}/two"),
+                               f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
+                              cwd=helpers.ROOT, env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    assert "prepared 1 of 1 input files" in outs[0][1] and "waits for process 0" not in outs[0][1]
+    assert "waits for process 0 to prepare the token store" in outs[1][1] and "prepared" not in outs[1][1]

@@ -45,6 +45,16 @@ def peak_memory_bytes(runner) -> int:
     return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes)
 
 
+def vocab_size(config: ml_collections.ConfigDict, data) -> int:
+    """The model's vocabulary: the tokenizer's, or, starting from a pretrained model whose table is that padded to a
+    multiple of 128 rows (Hugging Face's t5-small: 32,128 for its tokenizer's 32,100 ids), the table's."""
+    if config.init_from:
+        table = workdir_lib.read_record(config.init_from)["model_config"]["vocab_size"]
+        if 0 <= table - data.vocab_size < 128 and table % 128 == 0:
+            return table
+    return data.vocab_size
+
+
 def build(config: ml_collections.ConfigDict, devices=None):
     """(data, model config, model, runner) for `config`, validated before anything compiles; `runner.objective`
     is the objective's unit (train/objectives.py). Fine-tuning configs are built after
@@ -52,7 +62,7 @@ def build(config: ml_collections.ConfigDict, devices=None):
     validate.validate(config)
     classify = config.objective.name == "classify"  # fine-tuning: labelled examples, a Classifier around the model
     data = (classify_data.build if classify else pipeline.build)(config, jax.process_index(), jax.process_count())
-    model_cfg = model_config.from_dict(config.model, vocab_size=data.vocab_size)
+    model_cfg = model_config.from_dict(config.model, vocab_size=vocab_size(config, data))
     model = (classifier.Classifier(model_cfg, data.num_classes, config.task.pooling, config.task.t5_states) if classify
              else model_lib.build(model_cfg))
     objective = objectives.build(config.objective, data.layout)

@@ -197,7 +197,7 @@ def load_workdir(workdir: str):
     except checkpoint.CheckpointError as e:
         fail(f"--workdir={workdir}: {str(e).removeprefix('init_from: ')}")
     tokenizer = _load_tokenizer(record, config, workdir)
-    if tokenizer is not None and tokenizer.vocab_size != model_cfg.vocab_size:
+    if tokenizer is not None and tokenizer.vocab_size > model_cfg.vocab_size:
         fail(f"--workdir={workdir}: the tokenizer {tokenizer.path or 'byte'} has {tokenizer.vocab_size} tokens "
              f"but the model has model.vocab_size={model_cfg.vocab_size}")
     return config, model_cfg, model, params, tokenizer
