@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 WORKDIR ?= runs/compare
 ARGS ?=
+# Huge pages for XLA's per-step host buffers (train/hostmem.py); set here so that no tool re-executes itself.
+export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
 
 .PHONY: demo test test-slow test-all lint venv clean
 

@@ -99,8 +99,8 @@ def _mb(n) -> str:
 def format_table(rows: list[dict], sweep_key: str | None = None) -> str:
     """A markdown table, one row per result."""
     head = ([sweep_key] if sweep_key else []) + [
-        "config", "device", "dtype", "batch", "tokens/s", "step ms (median [p10, p90])", "MFU", "XLA/model FLOPs",
-        "compile s", "memory MB"]
+        "config", "device", "dtype", "batch", "tokens/s", "step ms (median [p10, p90])", "MFU (causal)",
+        "XLA/model FLOPs", "compile s", "memory MB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         st = r["step_time_ms"]
@@ -112,7 +112,7 @@ def format_table(rows: list[dict], sweep_key: str | None = None) -> str:
             f"{r['batch_size']}x{r['seq_len']}" + (f"+{r['target_len']}" if r["target_len"] else ""),
             f"{r['tokens_per_sec']:,.0f}",
             f"{st['median']:,.1f} [{st['p10']:,.1f}, {st['p90']:,.1f}]",
-            f"{r['mfu']:.1%}",
+            f"{r['mfu']:.1%} ({r['mfu_causal']:.1%})",
             "-" if r["xla_flops_ratio"] is None else f"{r['xla_flops_ratio']:.3f}",
             f"{r['compile_s']:.1f}",
             _mb(r["peak_memory_bytes"]),
@@ -120,7 +120,8 @@ def format_table(rows: list[dict], sweep_key: str | None = None) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     notes = []
     r = rows[0]
-    notes.append(f"peak {r['peak_flops'] / 1e9:,.1f} GFLOP/s per device ({r['peak_flops_source']})")
+    notes.append(f"peak {r['peak_flops'] / 1e9:,.1f} GFLOP/s per device ({r['peak_flops_source']}); MFU counts "
+                 "attention over the full L x L square, (causal) over the half a causal mask keeps")
     for r in rows:
         tag = f"{sweep_key}={r['sweep_value']}: " if sweep_key else ""
         if "peak_flops_after" in r:

@@ -109,11 +109,23 @@ def peak_flops(device=None, dtype: str = "float32") -> tuple[float, str]:
         pinned = os.environ.get("TRIAD_CPU_PEAK_FLOPS")
         if pinned:  # A shared CPU measures a lower peak under load, which inflates MFU: pin it for comparable runs.
             return float(pinned), "TRIAD_CPU_PEAK_FLOPS"
-        return _measured(dtype), f"measured: {dtype} 4096x4096 jnp.dot on {device.device_kind}, best of 5"
+        return _measured(dtype), f"measured: {dtype} 4096x4096 jnp.dot on {device.device_kind}, best of 5" + _load()
     try:
         return table_peak(device.device_kind, dtype)
     except UnknownDeviceError:
         return _measured(dtype), f"measured: {dtype} 4096x4096 jnp.dot on {device.device_kind} (not in the table)"
+
+
+def _load() -> str:
+    """', load 0.3' (1-minute load average per core), plus a warning when others share the cores: a peak measured
+    then is low and the MFU against it high; pin an idle measurement with TRIAD_CPU_PEAK_FLOPS instead."""
+    try:
+        per_core = os.getloadavg()[0] / (os.cpu_count() or 1)
+    except OSError:
+        return ""
+    busy = per_core > 0.5
+    return f", load {per_core:.2f} per core" + (" (busy: MFU against it is inflated; pin TRIAD_CPU_PEAK_FLOPS "
+                                                 "to a peak measured idle)" if busy else "")
 
 
 def mfu(flops_per_step: float, step_time_s: float, peak_per_device: float, n_devices: int = 1) -> float:

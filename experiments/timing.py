@@ -216,6 +216,7 @@ def _record(case: _Case, data: str, peak: tuple[float, str], wall: float) -> dic
     B = config.train.batch_size
     seq_len, target_len = case.runner.objective.lengths
     model_flops = flops.training_flops_per_step(model_cfg, B, seq_len, target_len)
+    causal_flops = 3 * flops.flops_per_example(model_cfg, seq_len, target_len)["forward_causal"] * B
     tokens = B * case.runner.objective.tokens_per_example
     xla = xla_flops(case.compiled)
     if xla is not None:
@@ -246,6 +247,10 @@ def _record(case: _Case, data: str, peak: tuple[float, str], wall: float) -> dic
         "peak_flops": peak[0],
         "peak_flops_source": peak[1],
         "mfu": hardware.mfu(model_flops, step_s, peak[0], n_devices),
+        # The same with causal attention counted over the (q, k <= q) half only, as MaxText counts it.
+        "model_flops_causal_per_step": causal_flops,
+        "mfu_causal": hardware.mfu(causal_flops, step_s, peak[0], n_devices),
+        "attention_flops": "mfu: full L x L square (what XLA computes); mfu_causal: causal half, L (L + 1) / 2",
         # pmap has no ahead-of-time executable: its compile happens inside the first step.
         "compile_s": runner.compile_seconds if case.compiled is not None else case.first_step_s,
         "first_step_s": case.first_step_s,

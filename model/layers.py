@@ -7,6 +7,7 @@ F mlp hidden, V vocab. Parameters carry logical axis names (model/sharding.py); 
 from __future__ import annotations
 
 import logging
+import math
 
 import flax.linen as nn
 import jax
@@ -56,8 +57,12 @@ class Dense(nn.Module):
         cfg, dt = self.cfg, self.cfg.compute_dtype
         kernel = self.param("kernel", _init(cfg, self.axes), x.shape[x.ndim - self.n_in:] + self.features,
                             cfg.weight_dtype)
-        y = jnp.tensordot(x.astype(dt), kernel.astype(dt), axes=self.n_in,
-                          preferred_element_type=jnp.float32 if self.float32_out else None)
+        # As one (tokens, in) x (in, out) matmul: on CPU, XLA transposes a 2-D gradient for the kernel's
+        # gradient far faster than the same (B, L, ...) one (docs/performance.md); the values are the same.
+        lead, n_in = x.shape[:x.ndim - self.n_in], math.prod(kernel.shape[:self.n_in])
+        y = jnp.dot(x.reshape(-1, n_in).astype(dt), kernel.reshape(n_in, -1).astype(dt),
+                    preferred_element_type=jnp.float32 if self.float32_out else None)
+        y = y.reshape(lead + self.features)
         if self.bias:
             b = self.param("bias", _init(cfg, self.axes[self.n_in:], "zeros"), self.features, cfg.weight_dtype)
             y = y + b.astype(dt)
@@ -235,8 +240,9 @@ class OutputHead(nn.Module):
         if table_VxD is not None:
             if cfg.scale_tied_logits:
                 x_BxLxD = x_BxLxD * cfg.d_model**-0.5
-            logits_BxLxV = jnp.einsum("bld,vd->blv", x_BxLxD.astype(dt), table_VxD.astype(dt),
-                                      preferred_element_type=jnp.float32)
+            x_NxD = x_BxLxD.reshape(-1, cfg.d_model).astype(dt)  # 2-D, as in Dense
+            logits_BxLxV = jnp.dot(x_NxD, table_VxD.astype(dt).T, preferred_element_type=jnp.float32).reshape(
+                x_BxLxD.shape[:-1] + table_VxD.shape[:1])
         else:
             logits_BxLxV = Dense(cfg, (cfg.vocab_size,), ("embed", "vocab"), bias=False, float32_out=True,
                                  name="lm_head")(x_BxLxD)

@@ -57,6 +57,14 @@ def test_mfu_matches_a_hand_computation(result):
     _, r = result
     step_s = r["step_time_ms"]["median"] / 1e3
     assert r["mfu"] == pytest.approx(r["model_flops_per_step"] / step_s / (PEAK[0] * 1))
+    # The causal count: attention over L (L + 1) / 2 pairs instead of L^2, by hand for this GPT (no GQA).
+    config, _ = result
+    mcfg = model_config.from_dict(config.model, vocab_size=config.data.vocab_size)
+    L, B = config.data.seq_len, config.train.batch_size
+    square = 3 * B * mcfg.n_layers * 4 * L * L * mcfg.n_heads * mcfg.dh  # QK^T and PV: 2 FLOPs x 2 matmuls
+    causal = square * (L + 1) / (2 * L)
+    assert r["model_flops_per_step"] - r["model_flops_causal_per_step"] == pytest.approx(square - causal)
+    assert r["mfu_causal"] == pytest.approx(r["mfu"] * r["model_flops_causal_per_step"] / r["model_flops_per_step"])
     # MFU = model FLOPs per step / step time / (peak per device x devices)
     assert hardware.mfu(4e12, 0.5, 2e12, n_devices=4) == pytest.approx(4e12 / 0.5 / 8e12)  # = 1.0
     assert hardware.mfu(1e12, 2.0, 1e12) == pytest.approx(0.5)

@@ -209,5 +209,7 @@ def test_scan_and_loop_train_alike(gpt_data):
                                              helpers.to_scanned(params, mcfg.n_layers), 4)
     np.testing.assert_allclose(scan_losses, loop_losses, rtol=1e-5)
     assert loop_losses[-1] < loop_losses[0]
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+    # Float reassociation (scan's stacked matmuls) moves Adam's updates by ~1e-6; a wrong decay mask moves a
+    # parameter by lr * wd * |p| per step: >= 1e-4 for the kernels (|p| ~ 0.02), 5e-3 for norm scales.
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5),
                  helpers.to_scanned(loop_params, mcfg.n_layers), scan_params)

@@ -11,6 +11,7 @@ from ml_collections.config_flags.config_flags import ConfigFileFlagParser
 
 from data.errors import DataError
 from model.config import ConfigError
+from train import hostmem
 from train.metrics import NonFiniteError
 
 
@@ -118,6 +119,7 @@ def flag_error(e: BaseException, argv: list[str], flag_values) -> str:
 
 
 def run_app(main) -> int:
-    """absl's app.run with `parse_flags`."""
+    """absl's app.run with `parse_flags`, in a process with huge pages for the allocator (train/hostmem.py)."""
+    hostmem.reexec()
     app.run(main, flags_parser=parse_flags)
     return 0
