@@ -219,3 +219,13 @@ def test_sharded_init_and_forward_under_a_mesh():
         params = jax.jit(lambda: nn.meta.unbox(m.init(jax.random.key(0), x)["params"]), out_shardings=shardings)()
         out = jax.jit(lambda p: m.apply({"params": p}, x, train=True, rngs={"dropout": jax.random.key(1)}))(params)
     assert out.shape == (2, 4, 100) and np.isfinite(out).all()
+
+
+def test_prefix_mask_over_a_cache_by_hand():
+    """One decoding step against a KV cache: queries at positions 3 and 4 over keys 0..5 (the cache), prefixes of
+    2 and 5 tokens. A key is visible when it is not after the query or lies inside the row's prefix."""
+    q, k, prefix_len = np.array([[3, 4]] * 2), np.array([[0, 1, 2, 3, 4, 5]] * 2), np.array([2, 5])
+    want = np.array([[[[kk <= qq or kk < p for kk in k[b]] for qq in q[b]]] for b, p in enumerate(prefix_len)])
+    np.testing.assert_array_equal(np.asarray(masks.prefix(jnp.asarray(prefix_len), jnp.asarray(q), jnp.asarray(k))),
+                                  want)
+    assert want[1, 0, 0, 4] and not want[0, 0, 0, 4]  # the prefix of 5 shows key 4 to the query at 3

@@ -213,3 +213,10 @@ def test_scan_and_loop_train_alike(gpt_data):
     # parameter by lr * wd * |p| per step: >= 1e-4 for the kernels (|p| ~ 0.02), 5e-3 for norm scales.
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5),
                  helpers.to_scanned(loop_params, mcfg.n_layers), scan_params)
+
+
+def test_unknown_optimizer_names_the_field_and_the_choices():
+    with pytest.raises(Exception) as e:
+        optim.make(_tc(optimizer="adamz"))
+    assert str(e.value) == ("train.optimizer='adamz' is unknown: choose one of " + ", ".join(optim.OPTIMIZERS))
+    assert "adamw, " in str(e.value)
