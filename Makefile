@@ -8,7 +8,7 @@ ARGS ?=
 # Huge pages for XLA's per-step host buffers (train/hostmem.py); set here so that no tool re-executes itself.
 export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
 
-.PHONY: demo test test-slow test-all lint venv clean
+.PHONY: demo test test-slow test-gpu-smoke test-all lint venv clean
 
 venv: $(STAMP)
 
@@ -25,7 +25,10 @@ test: $(STAMP)  ## The default test suite (fast, CPU).
 	$(BIN)/python -m pytest -q -n 2 --durations=15
 
 test-slow: $(STAMP)  ## End-to-end tests (kill -9 and resume, multi-process runs).
-	$(BIN)/python -m pytest -q -m slow --durations=15
+	$(BIN)/python -m pytest -q -m 'slow and not gpu_smoke' --durations=15
+
+test-gpu-smoke: $(STAMP)  ## The GPU check script at toy sizes on CPU (before a GPU session; not in CI: 5 minutes).
+	$(BIN)/python -m pytest -q -m gpu_smoke
 
 test-all: test test-slow
 

@@ -11,6 +11,7 @@ from tests import helpers
 
 
 @pytest.mark.slow
+@pytest.mark.gpu_smoke
 def test_gpu_check_runs_every_part_in_smoke_mode(tmp_path):
     out = tmp_path / "gpu_check.json"
     r = subprocess.run([sys.executable, "-m", "experiments.gpu_check", "--smoke", f"--out={out}",
