@@ -220,3 +220,48 @@ def test_unknown_optimizer_names_the_field_and_the_choices():
         optim.make(_tc(optimizer="adamz"))
     assert str(e.value) == ("train.optimizer='adamz' is unknown: choose one of " + ", ".join(optim.OPTIMIZERS))
     assert "adamw, " in str(e.value)
+
+
+def _first_direction(tc, grads):
+    tx, _ = optim.make(tc)
+    params = _tree()
+    return tx.update(grads, tx.init(params), params)[0], tx, params
+
+
+def test_adamw_first_step_by_hand_at_non_default_betas():
+    # Adam's first step: m = (1 - b1) g, v = (1 - b2) g^2, bias-corrected to g and g^2, so the direction is
+    # -g / (|g| + eps) - wd p (decay on kernels only). eps of 0.5 shows; b1, b2 only through the bias correction.
+    tc = _tc(b1=0.5, b2=0.6, eps=0.5, weight_decay=0.0)
+    grads = jax.tree.map(lambda p: jnp.full_like(p, 2.0), _tree())
+    d, tx, params = _first_direction(tc, grads)
+    np.testing.assert_allclose(d["dense"]["kernel"], np.full((4, 3), -2.0 / 2.5), rtol=1e-6)
+    # Second step, same gradient: m_hat = g, v_hat = g^2 whatever b1, b2; a different gradient shows b1.
+    state = tx.update(grads, tx.init(params), params)[1]
+    g2 = jax.tree.map(lambda p: jnp.full_like(p, -2.0), params)
+    m_hat = (0.5 * 0.5 * 2.0 + 0.5 * -2.0) / (1 - 0.5**2)
+    v_hat = (0.6 * 0.4 * 4.0 + 0.4 * 4.0) / (1 - 0.6**2)
+    np.testing.assert_allclose(tx.update(g2, state, params)[0]["dense"]["kernel"],
+                               np.full((4, 3), -m_hat / (np.sqrt(v_hat) + 0.5)), rtol=1e-5)
+
+
+def test_adafactor_direction_is_scale_free_and_of_unit_rms():
+    # Adafactor divides by factored second moments: scaling the gradient leaves the direction as it is, and the
+    # direction of a matrix has RMS about 1 at learning rate 1 (SGD's would scale with the gradient).
+    rng = np.random.default_rng(1)
+    grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), _tree())
+    tc = _tc(optimizer="adafactor", weight_decay=0.0)
+    d1, _, _ = _first_direction(tc, grads)
+    d10, _, _ = _first_direction(tc, jax.tree.map(lambda g: 10.0 * g, grads))
+    np.testing.assert_allclose(d10["dense"]["kernel"], d1["dense"]["kernel"], rtol=1e-4)
+    rms = float(np.sqrt(np.mean(np.square(d1["dense"]["kernel"]))))
+    assert 0.5 < rms <= 1.0 + 1e-6, rms
+
+
+def test_sgd_momentum_accumulates():
+    tc = _tc(optimizer="sgd", momentum=0.9, weight_decay=0.0)
+    grads = jax.tree.map(lambda p: jnp.ones_like(p), _tree())
+    d, tx, params = _first_direction(tc, grads)
+    state = tx.update(grads, tx.init(params), params)[1]
+    np.testing.assert_allclose(d["dense"]["kernel"], -np.ones((4, 3)))
+    np.testing.assert_allclose(tx.update(grads, state, params)[0]["dense"]["kernel"], -1.9 * np.ones((4, 3)),
+                               rtol=1e-6)
