@@ -265,3 +265,10 @@ def test_sgd_momentum_accumulates():
     np.testing.assert_allclose(d["dense"]["kernel"], -np.ones((4, 3)))
     np.testing.assert_allclose(tx.update(grads, state, params)[0]["dense"]["kernel"], -1.9 * np.ones((4, 3)),
                                rtol=1e-6)
+
+
+def test_unknown_schedule_names_the_field_and_the_choices():
+    with pytest.raises(Exception) as e:
+        optim.schedule(_tc(schedule="cosyne"))
+    assert str(e.value) == "train.schedule='cosyne' is unknown: choose one of " + ", ".join(optim.SCHEDULES)
+    assert len(optim.SCHEDULES) > 1 and ", " in str(e.value)
