@@ -5,6 +5,7 @@ import os
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 from experiments.configs import base
 
@@ -72,3 +73,11 @@ def to_scanned(params, n_layers):
         else:
             out[k] = sub
     return out
+
+
+def objective_config(name="span_corruption", seq_len=48, noise_density=0.15, mean_span_length=3.0):
+    """The objective + data fields data.objectives.build reads, at the published defaults."""
+    return ml_collections.ConfigDict(dict(
+        objective=dict(name=name, mask_rate=0.15, mask_token_frac=0.8, random_token_frac=0.1, whole_word=False,
+                       noise_density=noise_density, mean_span_length=mean_span_length, nsp=False),
+        data=dict(seq_len=seq_len, target_len=0)))

@@ -6,6 +6,7 @@ import pytest
 from data import objectives, spans
 from data import tokenizer as tokenizer_lib
 from data.errors import DataError
+from tests.helpers import objective_config
 
 V = 2000
 
@@ -127,26 +128,6 @@ def short_document_stream(n_docs, seed=0, max_len=4):
     """A token stream as data/corpus.py writes it: documents of 1..max_len tokens, each followed by eos."""
     rng = np.random.default_rng(seed)
     return np.concatenate([[*rng.integers(107, V, rng.integers(1, max_len + 1)), TOK.eos_id] for _ in range(n_docs)])
-
-
-def objective_config(name="span_corruption", seq_len=48, noise_density=0.15, mean_span_length=3.0):
-    import ml_collections
-
-    return ml_collections.ConfigDict(
-        dict(
-            objective=dict(
-                name=name,
-                mask_rate=0.15,
-                mask_token_frac=0.8,
-                random_token_frac=0.1,
-                whole_word=False,
-                noise_density=noise_density,
-                mean_span_length=mean_span_length,
-                nsp=False,
-            ),
-            data=dict(seq_len=seq_len, target_len=0),
-        )
-    )
 
 
 @pytest.mark.parametrize("L, density, span", [(48, 0.15, 3.0), (32, 0.5, 1.0)])

@@ -4,7 +4,6 @@ tokenizer is lossless, objectives on its ids. Every file is made here with the `
 import hashlib
 import json
 
-import ml_collections
 import numpy as np
 import pytest
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
@@ -13,6 +12,7 @@ from data import objectives, spans
 from data import tokenizer as tokenizer_lib
 from data.errors import DataError
 from data.hf_tokenizer import HFTokenizer
+from tests import helpers
 from tests.test_data_common import synthetic_text
 
 UNICODE = [
@@ -270,24 +270,6 @@ def test_load_rejects_missing_or_invalid_json(tmp_path):
             tokenizer_lib.load(str(tmp_path / name))
 
 
-def objective_config(name, seq_len):
-    return ml_collections.ConfigDict(
-        dict(
-            objective=dict(
-                name=name,
-                mask_rate=0.15,
-                mask_token_frac=0.8,
-                random_token_frac=0.1,
-                whole_word=False,
-                noise_density=0.15,
-                mean_span_length=3.0,
-                nsp=False,
-            ),
-            data=dict(seq_len=seq_len, target_len=0),
-        )
-    )
-
-
 def stream_windows(t, W: int, B: int) -> np.ndarray:
     """(B, W) windows at random offsets of the corpus stream (each document's ids, then eos), as data/pipeline.py
     cuts them."""
@@ -303,13 +285,13 @@ def rngs(B):
 def test_objectives_run_on_t5_like_ids(toks):
     t = toks["t5"]
     B, L = 64, 32
-    lm = objectives.build(objective_config("causal_lm", L), t)
+    lm = objectives.build(helpers.objective_config("causal_lm", L), t)
     w = stream_windows(t, lm.window_len, B)
     b = lm(w, rngs(B))
     np.testing.assert_array_equal(b["targets"] == t.eos_id, w[:, 1:] == t.eos_id)  # eos only where a document ends
     assert not t.exact_bytes and not b["target_bytes"].any()  # no bits per byte from an inexact byte count
 
-    sc = objectives.build(objective_config("span_corruption", L), t)
+    sc = objectives.build(helpers.objective_config("span_corruption", L), t)
     raw_len = spans.random_spans_helper(L, 0.15, 3.0)[0]
     enc_len, tgt_len = spans.span_lengths(raw_len, 0.15, 3.0)
     w = stream_windows(t, sc.window_len, B)
@@ -335,7 +317,7 @@ def test_objectives_run_on_t5_like_ids(toks):
 def test_mlm_runs_on_bert_like_ids(toks):
     t = toks["bert"]
     B, L = 64, 32
-    obj = objectives.build(objective_config("mlm", L), t)
+    obj = objectives.build(helpers.objective_config("mlm", L), t)
     w = stream_windows(t, obj.window_len, B)
     b = obj(w, rngs(B))
     assert (b["targets"][:, 0] == t.cls_id).all() and (b["targets"][:, -1] == t.sep_id).all()
