@@ -16,6 +16,15 @@ Ids are int32, weights float32 (0 on padding and on positions not predicted), ta
 The stream has an eos after every document. causal_lm, prefix_lm and mlm keep it (it is how they see document
 boundaries); span corruption drops it: T5 reads documents concatenated with no separator, as T5 does on C4, so eos
 appears only at the end of the encoder input and of the targets (see `span_corruption`).
+
+Document masking (data.document_mask): `starts` (B, W) bool marks the window tokens that begin a document (from the
+store's document offsets), and the batch gets segment ids (B, L) int32, non-decreasing along a row, one per
+document: `segment_ids` (causal_lm, prefix_lm, mlm) or `encoder_segment_ids` (span_corruption). The model keeps
+attention inside a segment and restarts positions at each. In causal_lm and prefix_lm the eos before a document
+opens its segment (as a start token: the document's first token is predicted from it alone, as if the document ran
+by itself after an eos); in mlm a document's eos closes its segment, and [CLS] / [SEP] join the first / last one;
+in span_corruption a token keeps its document's segment, a sentinel takes that of the span it replaces and the
+closing eos (and padding) that of the last token.
 """
 
 import dataclasses
@@ -34,21 +43,30 @@ def _rows_uniform(rngs: Sequence[np.random.Generator], shape: tuple[int, ...]) -
     return np.stack([r.random(shape) for r in rngs]) if len(rngs) else np.zeros((0, *shape))
 
 
-def causal_lm(windows: np.ndarray, token_bytes: np.ndarray) -> dict[str, np.ndarray]:
+def document_segments(starts: np.ndarray) -> np.ndarray:
+    """(B, W) int32 segment ids of window tokens: a new segment at every document start (ids from 0 or 1)."""
+    return np.cumsum(starts, axis=1, dtype=np.int32)
+
+
+def causal_lm(windows: np.ndarray, token_bytes: np.ndarray, starts: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Next-token prediction on windows of L + 1 tokens; documents are separated by the eos in the stream."""
     w = windows.astype(np.int32)
     inputs, targets = w[:, :-1], w[:, 1:]
-    return {
+    batch = {
         "inputs": np.ascontiguousarray(inputs),
         "targets": np.ascontiguousarray(targets),
         "weights": np.ones(inputs.shape, np.float32),
         "target_bytes": token_bytes[targets],
     }
+    if starts is not None:  # input i opens a segment when its target i + 1 begins a document (input i is the eos)
+        batch["segment_ids"] = document_segments(starts[:, 1:])
+    return batch
 
 
-def prefix_lm(windows: np.ndarray, rngs: Sequence[np.random.Generator], token_bytes: np.ndarray):
+def prefix_lm(windows: np.ndarray, rngs: Sequence[np.random.Generator], token_bytes: np.ndarray,
+              starts: np.ndarray | None = None):
     """causal_lm plus a random prefix per row (bidirectional for the model); only targets after it count."""
-    batch = causal_lm(windows, token_bytes)
+    batch = causal_lm(windows, token_bytes, starts)
     B, L = batch["inputs"].shape
     u = _rows_uniform(rngs, ())
     prefix_len = (1 + np.floor(u * (L - 1))).astype(np.int32)  # in [1, L - 1]
@@ -66,6 +84,7 @@ def mlm(
     mask_token_frac: float,
     random_token_frac: float,
     word_start: np.ndarray | None = None,
+    starts: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """BERT masking (`mask_tokens`) of [CLS] + window + [SEP] (length L = W + 2)."""
     B, W = windows.shape
@@ -74,7 +93,11 @@ def mlm(
     targets[:, 1:-1] = windows
     targets[:, -1] = tok.sep_id
     inputs, weights = mask_tokens(targets, rngs, tok, mask_rate, mask_token_frac, random_token_frac, word_start)
-    return {"inputs": inputs, "targets": targets, "weights": weights, "target_bytes": tok.token_bytes[targets]}
+    batch = {"inputs": inputs, "targets": targets, "weights": weights, "target_bytes": tok.token_bytes[targets]}
+    if starts is not None:  # [CLS] joins the first document's segment, [SEP] the last one's
+        seg = document_segments(starts)
+        batch["segment_ids"] = np.concatenate([seg[:, :1], seg, seg[:, -1:]], axis=1)
+    return batch
 
 
 def mask_tokens(
@@ -216,7 +239,8 @@ def _select_words(targets, candidate, word_start, u, k):
 @dataclasses.dataclass(frozen=True)
 class Objective:
     """An objective bound to its settings: `window_len` (+ `random_len`) stream tokens per row in,
-    `fn(windows, rngs)` -> batch."""
+    `fn(windows, rngs, starts)` -> batch (starts: (B, window_len) bool document starts with document_mask, else
+    None)."""
 
     name: str
     window_len: int
@@ -224,9 +248,13 @@ class Objective:
     shapes: dict[str, tuple[tuple[int, ...], type]]  # key -> (per-row shape, dtype)
     # Tokens per row from a random position of the split, not overlapping the row's window, appended to it (nsp).
     random_len: int = 0
+    document_mask: bool = False  # batches carry segment ids built from `starts` (data.document_mask)
 
-    def __call__(self, windows: np.ndarray, rngs: Sequence[np.random.Generator]) -> dict[str, np.ndarray]:
-        return self.fn(windows, rngs)
+    def __call__(self, windows: np.ndarray, rngs: Sequence[np.random.Generator],
+                 starts: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        if self.document_mask and starts is None:
+            raise ValueError(f"{self.name} with document_mask needs the windows' document starts")
+        return self.fn(windows, rngs, starts if self.document_mask else None)
 
     def batch_shapes(self, rows: int) -> dict[str, tuple[tuple[int, ...], type]]:
         """key -> ((rows, *shape), dtype) of a batch of `rows` examples (e.g. for abstract initialisation)."""
@@ -260,11 +288,17 @@ def build(config, tok) -> Objective:
     tb = tok.token_bytes if tok.exact_bytes else np.zeros_like(tok.token_bytes)
     purpose = f"objective.name={name!r}"
     tok.require("eos", purpose=purpose)
-    lm_shapes = {k: ((L,), f32 if k == "weights" else i32) for k in ("inputs", "targets", "weights", "target_bytes")}
+    docs = bool(config.data.document_mask)
+    if docs and obj.nsp:
+        raise DataError("data.document_mask=True does not apply to objective.nsp=True (a next-sentence pair is its "
+                        "own two-segment layout): set one of them to False")
+    keys = ("inputs", "targets", "weights", "target_bytes") + (("segment_ids",) if docs else ())
+    lm_shapes = {k: ((L,), f32 if k == "weights" else i32) for k in keys}
     if name == "causal_lm":
-        return Objective(name, L + 1, lambda w, rngs: causal_lm(w, tb), lm_shapes)
+        return Objective(name, L + 1, lambda w, rngs, starts: causal_lm(w, tb, starts), lm_shapes, document_mask=docs)
     if name == "prefix_lm":
-        return Objective(name, L + 1, lambda w, rngs: prefix_lm(w, rngs, tb), {**lm_shapes, "prefix_len": ((), i32)})
+        return Objective(name, L + 1, lambda w, rngs, starts: prefix_lm(w, rngs, tb, starts),
+                         {**lm_shapes, "prefix_len": ((), i32)}, document_mask=docs)
     if name == "mlm":
         tok.require("mask", "cls", "sep", purpose=purpose)
         _check_fraction("objective.mask_rate", obj.mask_rate, True, True)
@@ -278,8 +312,10 @@ def build(config, tok) -> Objective:
         args = (obj.mask_rate, obj.mask_token_frac, obj.random_token_frac, word_starts(tok) if obj.whole_word else None)
         if obj.nsp:  # [CLS] A [SEP] B [SEP]: L - 3 tokens, and twice that from elsewhere for a random B.
             shapes = {**lm_shapes, "token_types": ((L,), i32), "nsp_labels": ((), i32)}
-            return Objective(name, L - 3, lambda w, rngs: nsp(w, rngs, tok, *args), shapes, random_len=2 * (L - 3))
-        return Objective(name, L - 2, lambda w, rngs: mlm(w, rngs, tok, *args), lm_shapes)
+            return Objective(name, L - 3, lambda w, rngs, starts: nsp(w, rngs, tok, *args), shapes,
+                             random_len=2 * (L - 3))
+        return Objective(name, L - 2, lambda w, rngs, starts: mlm(w, rngs, tok, *args, starts=starts), lm_shapes,
+                         document_mask=docs)
 
     tok.require("sentinels", purpose=purpose)
     nd, msl = obj.noise_density, obj.mean_span_length
@@ -310,5 +346,9 @@ def build(config, tok) -> Objective:
     shapes = {"encoder_inputs": ((L,), i32)} | {
         k: ((T,), f32 if k == "weights" else i32) for k in ("targets", "decoder_inputs", "weights", "target_bytes")
     }
+    if docs:
+        shapes["encoder_segment_ids"] = ((L,), i32)
     # 2 raw + 1 stream tokens hold at least raw that are not eos (no two eos are adjacent); see span_corruption.
-    return Objective(name, 2 * raw + 1, lambda w, rngs: spans.span_corruption(w, rngs, tok, nd, msl, L, T), shapes)
+    return Objective(name, 2 * raw + 1, lambda w, rngs, starts: spans.span_corruption(w, rngs, tok, nd, msl, L, T,
+                                                                                       starts), shapes,
+                     document_mask=docs)

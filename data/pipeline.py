@@ -78,7 +78,8 @@ class Split:
         if R:
             other = self.tokens.windows(self._random_offsets(offsets, rngs), R)
             windows = np.concatenate([windows, other], axis=1)
-        return self.objective(windows, rngs)
+        starts = self.tokens.starts_in(offsets, W) if self.objective.document_mask else None
+        return self.objective(windows, rngs, starts)
 
     def iterate(self, start_step: int, num_steps: int) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
         """Yields (step, batch) for start_step..start_step + num_steps - 1, `prefetch` batches prepared ahead.

@@ -109,19 +109,22 @@ def random_spans_noise_mask(
     return np.cumsum(indicator, axis=1) % 2 == 1
 
 
-def _spans_to_sentinels(tokens: np.ndarray, mask: np.ndarray, sentinel_ids: np.ndarray, out_len: int):
-    """Each run of `mask` -> one sentinel (<extra_id_0>, <extra_id_1>, ... per row); rows keep out_len tokens."""
+def _spans_to_sentinels(tokens: np.ndarray, mask: np.ndarray, sentinel_ids: np.ndarray | None, out_len: int):
+    """Each run of `mask` -> one sentinel (<extra_id_0>, <extra_id_1>, ... per row); rows keep out_len tokens.
+    sentinel_ids None: each run keeps its first value instead (e.g. the segment id of the span a sentinel replaces)."""
     prev = np.zeros_like(mask)
     prev[:, 1:] = mask[:, :-1]
     first = mask & ~prev
     later = mask & prev
-    sentinel = sentinel_ids[np.maximum(np.cumsum(first, axis=1) - 1, 0)]
-    replaced = np.where(first, sentinel, tokens)
+    replaced = tokens
+    if sentinel_ids is not None:
+        replaced = np.where(first, sentinel_ids[np.maximum(np.cumsum(first, axis=1) - 1, 0)], tokens)
     return replaced[~later].reshape(tokens.shape[0], out_len)
 
 
-def drop_eos(windows: np.ndarray, eos_id: int, n: int) -> np.ndarray:
-    """(B, n) int32: the first n tokens of each row of `windows` (B, W) that are not eos, in order.
+def drop_eos(windows: np.ndarray, eos_id: int, n: int, also: np.ndarray | None = None):
+    """(B, n) int32: the first n tokens of each row of `windows` (B, W) that are not eos, in order (with `also`
+    (B, W): the pair of it and the same selection of `also`).
 
     Raises DataError if a row has fewer: a window of 2n + 1 stream tokens always has n, since the corpus writes no
     empty documents and so no two eos in a row.
@@ -136,7 +139,8 @@ def drop_eos(windows: np.ndarray, eos_id: int, n: int) -> np.ndarray:
             f"which data/corpus.py does not write; rebuild the token cache or check the tokenizer"
         )
     take = keep & (np.cumsum(keep, axis=1) <= n)
-    return windows[take].reshape(len(windows), n).astype(np.int32)
+    out = windows[take].reshape(len(windows), n).astype(np.int32)
+    return out if also is None else (out, also[take].reshape(len(windows), n))
 
 
 def span_corruption(
@@ -147,6 +151,7 @@ def span_corruption(
     mean_span_length: float,
     seq_len: int,
     target_len: int,
+    starts: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """T5 span corruption (t5.data.preprocessors.span_corruption) of stream windows (B, W).
 
@@ -156,10 +161,15 @@ def span_corruption(
     encoder_inputs: non-noise tokens with each noise span replaced by one sentinel, eos, pad to seq_len.
     targets: <extra_id_0> span_0 <extra_id_1> span_1 ... eos, pad to target_len. decoder_inputs: targets shifted
     right with pad (0) as the start token. weights: 1 on the real targets (sentinels and eos included).
+    starts (B, W) bool (document masking): also encoder_segment_ids (B, seq_len), the document of each encoder
+    token; a sentinel takes its span's, the eos and padding the last token's.
     """
     B = len(windows)
     raw = random_spans_helper(seq_len, noise_density, mean_span_length)[0]
-    tokens = drop_eos(windows, tok.eos_id, raw)
+    if starts is not None:
+        tokens, segments = drop_eos(windows, tok.eos_id, raw, also=np.cumsum(starts, axis=1, dtype=np.int32))
+    else:
+        tokens = drop_eos(windows, tok.eos_id, raw)
     noise = random_spans_noise_mask(rngs, raw, noise_density, mean_span_length)
     enc_len, tgt_len = span_lengths(raw, noise_density, mean_span_length)
     enc = np.full((B, seq_len), tok.pad_id, np.int32)
@@ -171,10 +181,16 @@ def span_corruption(
     decoder_inputs = np.full_like(targets, tok.pad_id)  # pad is T5's decoder start token
     decoder_inputs[:, 1:] = targets[:, :-1]
     weights = np.broadcast_to(np.arange(target_len) < tgt_len, (B, target_len)).astype(np.float32)
-    return {
+    batch = {
         "encoder_inputs": enc,
         "targets": targets,
         "decoder_inputs": decoder_inputs,
         "weights": weights,
         "target_bytes": tok.token_bytes[targets],
     }
+    if starts is not None:
+        seg = np.empty((B, seq_len), np.int32)
+        seg[:, : enc_len - 1] = _spans_to_sentinels(segments, noise, None, enc_len - 1)
+        seg[:, enc_len - 1:] = seg[:, enc_len - 2: enc_len - 1]
+        batch["encoder_segment_ids"] = seg
+    return batch

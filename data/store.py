@@ -141,6 +141,7 @@ class TokenStream:
         self._names = names
         self.starts = np.concatenate([[0], np.cumsum([len(p) for p in self._parts])]).astype(np.int64)
         self.dtype = self._parts[0].dtype if self._parts else np.dtype(np.uint16)
+        self._doc_maps: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
         return int(self.starts[-1])
@@ -172,6 +173,25 @@ class TokenStream:
     def __array__(self, dtype=None, copy=None):
         out = self[:]
         return out if dtype is None else out.astype(dtype)
+
+    def starts_in(self, offsets: np.ndarray, width: int) -> np.ndarray:
+        """(B, width) bool: whether the token at offsets[b] + j begins a document (each part's document offsets are
+        memory-mapped and searched, so memory does not grow with the corpus)."""
+        pos = np.asarray(offsets, np.int64)[:, None] + np.arange(width)
+        out = np.zeros(pos.shape, bool)
+        part = np.searchsorted(self.starts, pos, side="right") - 1
+        for p in np.unique(part):
+            at = part == p
+            docs = self._docs(p)
+            if len(docs):
+                local = pos[at] - self.starts[p]
+                out[at] = docs[np.minimum(np.searchsorted(docs, local), len(docs) - 1)] == local
+        return out
+
+    def _docs(self, p: int) -> np.ndarray:
+        if p not in self._doc_maps:
+            self._doc_maps[p] = np.load(self.directory / f"{self._names[p]}.{self.split}.docs.npy", mmap_mode="r")
+        return self._doc_maps[p]
 
     def document_starts(self) -> np.ndarray:
         """(documents,) int64 offsets in the stream where each document begins."""

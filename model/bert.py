@@ -28,7 +28,7 @@ class BERT(nn.Module):
     """Masked LM over the whole (padded) sequence, optionally with the next-sentence head."""
 
     cfg: ModelConfig
-    input_names: ClassVar[tuple[str, ...]] = ("inputs", "token_types")
+    input_names: ClassVar[tuple[str, ...]] = ("inputs", "token_types", "segment_ids")
 
     def setup(self):
         cfg = self.cfg
@@ -42,21 +42,21 @@ class BERT(nn.Module):
             self.nsp = Dense(cfg, (2,), ("mlp", None), bias=cfg.use_bias, float32_out=True)
 
     def features(self, inputs: jax.Array, *, token_types: jax.Array | None = None,
-                 train: bool = False) -> jax.Array:
-        """(B, L) int32 tokens (and token types) -> (B, L, D) final hidden states."""
+                 segment_ids: jax.Array | None = None, train: bool = False) -> jax.Array:
+        """(B, L) int32 tokens (and token types; segment_ids for document masking) -> (B, L, D) hidden states."""
         x = self.embed(inputs)
         if self.cfg.type_vocab:
             x = x + self.type_embed(jnp.zeros_like(inputs) if token_types is None else token_types)
-        return self.encoder(x, key_valid=inputs != self.cfg.pad_id, train=train)
+        return self.encoder(x, key_valid=inputs != self.cfg.pad_id, segment_ids=segment_ids, train=train)
 
     def mlm_logits(self, h_BxLxD: jax.Array) -> jax.Array:
         """(B, L, V) float32 MLM logits of final hidden states (the output head, tied to the embedding or not)."""
         return self.head(h_BxLxD, self.embed.embedding if self.cfg.tie_embeddings else None)
 
     def mlm_and_nsp(self, inputs: jax.Array, *, token_types: jax.Array | None = None,
-                    train: bool = False) -> tuple[jax.Array, jax.Array | None]:
+                    segment_ids: jax.Array | None = None, train: bool = False) -> tuple[jax.Array, jax.Array | None]:
         """(B, L, V) float32 MLM logits and (B, 2) float32 NSP logits (index 1 = IsNext; None without nsp_head)."""
-        h_BxLxD = self.features(inputs, token_types=token_types, train=train)
+        h_BxLxD = self.features(inputs, token_types=token_types, segment_ids=segment_ids, train=train)
         logits_BxLxV = self.mlm_logits(h_BxLxD)
         if not self.cfg.nsp_head:
             return logits_BxLxV, None
@@ -64,6 +64,6 @@ class BERT(nn.Module):
         return logits_BxLxV, self.nsp(pooled_BxD).astype(jnp.float32)
 
     def __call__(self, inputs: jax.Array, *, token_types: jax.Array | None = None,
-                 train: bool = False) -> jax.Array:
+                 segment_ids: jax.Array | None = None, train: bool = False) -> jax.Array:
         """(B, L) int32 tokens -> (B, L, V) float32 logits at every position."""
-        return self.mlm_and_nsp(inputs, token_types=token_types, train=train)[0]
+        return self.mlm_and_nsp(inputs, token_types=token_types, segment_ids=segment_ids, train=train)[0]

@@ -19,7 +19,7 @@ ARCHS = ("gpt", "bert", "t5")
 POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "t5_relative", "none")
 NORMS = ("layernorm", "rmsnorm")
 NORM_POSITIONS = ("pre", "post")
-MLPS = ("relu", "gelu", "swiglu", "geglu")
+MLPS = ("relu", "gelu", "swiglu", "geglu", "relu2")
 DTYPES = ("float32", "bfloat16", "auto")
 PARAM_DTYPES = ("float32", "bfloat16")
 ATTENTION_IMPLS = ("xla", "cudnn")
@@ -54,7 +54,7 @@ class ModelConfig:
     final_norm: bool = True  # Norm after the last block of every stack (pre-norm models need it).
     embed_norm: bool = False  # Norm on the summed embeddings before the first block (BERT's embedding LayerNorm).
     qk_norm: bool = False  # Norm queries and keys over head_dim before the scores.
-    mlp: str = "gelu"  # MLP kind: 'relu', 'gelu', 'swiglu' or 'geglu' (gated kinds have two input matrices).
+    mlp: str = "gelu"  # MLP kind: 'relu', 'gelu', 'relu2' (relu squared), 'swiglu' or 'geglu' (gated: two inputs).
     gelu_approximate: bool = True  # Tanh approximation of GELU (used by 'gelu', 'geglu' and the MLM transform).
     dropout: float = 0.0  # Dropout on embeddings and on every residual branch output.
     attention_dropout: float = 0.0  # Dropout on attention probabilities.
@@ -68,7 +68,11 @@ class ModelConfig:
     output_bias: bool = False  # Bias on the output projection.
     dtype: str = "float32"  # Compute dtype: 'float32', 'bfloat16' or 'auto' (bfloat16 on accelerators).
     param_dtype: str = "float32"  # Storage dtype of parameters: 'float32' or 'bfloat16'.
-    attention_window: int = 0  # Self-attention sees only keys within this many positions (0 = full attention).
+    attention_window: int = 0  # Local self-attention sees only keys within this many positions (0 = full attention).
+    attention_pattern: str = ""  # Per-layer 'L' (local, attention_window) / 'G' (global), repeated over each stack's
+    #   depth, e.g. 'LLG' ('' = every layer local if attention_window > 0, else global).
+    attention_soft_cap: float = 0.0  # Attention scores (position bias included) -> c * tanh(s / c) (0 = off).
+    logits_soft_cap: float = 0.0  # Output logits -> c * tanh(logits / c) (0 = off).
     attention_impl: str = "xla"  # 'xla' (einsum attention) or 'cudnn' (fused; falls back to xla off GPU).
     remat: str = "none"  # Rematerialise each block in the backward pass: 'none', 'full' or 'dots'.
     scan_layers: bool = False  # Run the blocks of a stack with nn.scan (params stacked on a 'layers' axis).
@@ -100,6 +104,12 @@ class ModelConfig:
     def type_vocab(self) -> int:
         """bert token types after resolving 0 to 2 with nsp_head (segments A and B) and to none otherwise."""
         return self.type_vocab_size or (2 if self.nsp_head else 0)
+
+    def local_layer(self, i: int) -> bool:
+        """Whether block i of a stack (encoder and decoder count from 0 each) has local self-attention."""
+        if not self.attention_pattern:
+            return self.attention_window > 0
+        return self.attention_pattern[i % len(self.attention_pattern)] == "L"
 
     @property
     def compute_dtype(self):
@@ -155,6 +165,15 @@ def _validate(c: ModelConfig) -> None:
             _fail(f"model.{name}={getattr(c, name)} must be >= 0 (0 = derive it)")
     if c.attention_window < 0:
         _fail(f"model.attention_window={c.attention_window} must be >= 0 (0 = full attention)")
+    if c.attention_pattern and set(c.attention_pattern) - set("LG"):
+        _fail(f"model.attention_pattern={c.attention_pattern!r} may hold only 'L' (local) and 'G' (global), "
+              f"e.g. 'LLG'")
+    if "L" in c.attention_pattern and not c.attention_window:
+        _fail(f"model.attention_pattern={c.attention_pattern!r} has local layers but model.attention_window=0: "
+              f"set the window, e.g. model.attention_window=64")
+    for name in ("attention_soft_cap", "logits_soft_cap"):
+        if getattr(c, name) < 0:
+            _fail(f"model.{name}={getattr(c, name)} must be >= 0 (0 = off)")
     if c.n_heads % c.kv_heads:
         _fail(f"model.n_kv_heads={c.n_kv_heads} does not divide model.n_heads={c.n_heads}: "
               f"choose a divisor of n_heads (1 = multi-query) or 0 for n_heads")

@@ -9,10 +9,12 @@ FLOP conventions (`flops_per_example`, `flops_per_token`, `training_flops_per_st
   (XLA's cost analysis counts them too: about 1% more at d_model 256, L 128, V 2000; see tests).
 - Dense: query H*Dh and key/value K*Dh projections (GQA), output projection, MLP (gated kinds: three matrices),
   BERT's MLM transform, cross-attention: queries from the T decoder tokens, keys/values from the S encoder tokens.
-- Attention: scores q.k and the weighted sum p.v, 2 * 2 * Lq * Lk * H * Dh per layer per sequence. Causal
-  attention is counted over the FULL Lq x Lk square, as XLA computes it (the mask only hides scores; this also
-  holds with model.attention_window, which is a mask, so the counts ignore it);
-  `attention_causal` / `forward_causal` count only the (q, k <= q) pairs, L*(L+1)/2, the "useful" work.
+- Attention: scores q.k and the weighted sum p.v, 2 * 2 * Lq * Lk * H * Dh per layer per sequence. `attention`
+  (and forward, train, the budgets and `mfu`) counts the FULL Lq x Lk square of every layer, as the einsum
+  attention computes it: causal, local (model.attention_window, model.attention_pattern) and document masks only
+  hide scores. `attention_causal` / `forward_causal` (and `mfu_causal`, as MaxText counts) count only the pairs a
+  query attends to: k <= q in causal stacks (L*(L+1)/2 pairs), and in local layers only the keys inside the
+  window (causal: min(q + 1, n) per query; bidirectional: |q - k| < n). Document masks are data, not counted.
 - Head: the vocabulary projection 2*D*V at every position the model applies it to (all L positions for gpt/bert,
   all T decoder positions for t5), whatever the loss weights; with BERT's nsp_head also the pooler 2*D*D and the
   next-sentence projection 2*D*2, once per example (on [CLS]).
@@ -171,34 +173,49 @@ def _mlp(cfg: ModelConfig, tokens: int) -> int:
     return 2 * tokens * cfg.d_model * cfg.d_ff * (3 if cfg.mlp in _GATED else 2)
 
 
-def _causal_pairs(n: int) -> int:
-    return n * (n + 1) // 2
+def attended_pairs(L: int, causal: bool, window: int = 0) -> int:
+    """(query, key) pairs of one L-token self-attention that are not masked: all L*L, or k <= q if causal, and
+    within a local window of n (causal: q - n < k <= q; bidirectional: |q - k| < n) if window = n > 0."""
+    if not window or window >= L:
+        return L * (L + 1) // 2 if causal else L * L
+    n = window
+    causal_pairs = n * (n + 1) // 2 + (L - n) * n  # queries q < n see q + 1 keys, the rest n
+    return causal_pairs if causal else 2 * causal_pairs - L  # both sides of each query, itself once
+
+
+def _self_attention(cfg: ModelConfig, n_layers: int, L: int, causal: bool) -> tuple[int, int]:
+    """(full-square, attended) attention FLOPs of a stack's n_layers self-attentions over L tokens."""
+    full = n_layers * _attn_core(cfg, L * L)
+    attended = sum(_attn_core(cfg, attended_pairs(L, causal, cfg.attention_window if cfg.local_layer(i) else 0))
+                   for i in range(n_layers))
+    return full, attended
 
 
 def flops_per_example(cfg: ModelConfig, seq_len: int, target_len: int | None = None) -> dict[str, float]:
     """Forward/training matmul FLOPs of one example (see the module docstring for what is counted).
 
     seq_len is L for gpt/bert and the encoder length S for t5; target_len is the t5 decoder length T.
-    Keys: tokens (L or S + T), dense, attention (full squares), attention_causal (only key <= query in causal
-    stacks), head (MLM transform + vocabulary projection + NSP pooler and projection), forward = dense +
-    attention + head, forward_causal = dense + attention_causal + head, train = 3 * forward.
+    Keys: tokens (L or S + T), dense, attention (full squares), attention_causal (only the pairs attended: key <=
+    query in causal stacks, within the window in local layers), head (MLM transform + vocabulary projection + NSP
+    pooler and projection), forward = dense + attention + head, forward_causal = dense + attention_causal + head,
+    train = 3 * forward.
     """
     S, T = _lengths(cfg, seq_len, target_len)
     dense = attn = attn_causal = 0
     if cfg.arch in ("gpt", "bert"):
         L = S
         dense = cfg.n_layers * (_attn_proj(cfg, L, L) + _mlp(cfg, L))
-        attn = cfg.n_layers * _attn_core(cfg, L * L)
-        attn_causal = cfg.n_layers * _attn_core(cfg, _causal_pairs(L) if cfg.arch == "gpt" else L * L)
+        attn, attn_causal = _self_attention(cfg, cfg.n_layers, L, causal=cfg.arch == "gpt")
         head_tokens = L
     else:
         enc_dense = cfg.n_layers * (_attn_proj(cfg, S, S) + _mlp(cfg, S))
         dec_dense = cfg.decoder_layers * (_attn_proj(cfg, T, T) + _attn_proj(cfg, T, S) + _mlp(cfg, T))
         dense = enc_dense + dec_dense
-        enc_attn = cfg.n_layers * _attn_core(cfg, S * S)
+        enc_full, enc_attended = _self_attention(cfg, cfg.n_layers, S, causal=False)
+        dec_full, dec_attended = _self_attention(cfg, cfg.decoder_layers, T, causal=True)
         cross = cfg.decoder_layers * _attn_core(cfg, T * S)
-        attn = enc_attn + cross + cfg.decoder_layers * _attn_core(cfg, T * T)
-        attn_causal = enc_attn + cross + cfg.decoder_layers * _attn_core(cfg, _causal_pairs(T))
+        attn = enc_full + cross + dec_full
+        attn_causal = enc_attended + cross + dec_attended
         head_tokens = T
     head = 2 * head_tokens * cfg.d_model * cfg.vocab_size
     if cfg.mlm_transform:

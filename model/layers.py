@@ -37,6 +37,8 @@ def activation(cfg: ModelConfig):
     """The elementwise non-linearity of cfg.mlp (the gate's for the gated kinds)."""
     if cfg.mlp == "relu":
         return nn.relu
+    if cfg.mlp == "relu2":  # Squared ReLU (So et al. 2021, Primer; modded-nanogpt, nanochat).
+        return lambda x: jnp.square(nn.relu(x))
     if cfg.mlp == "swiglu":
         return nn.silu
     return lambda x: nn.gelu(x, approximate=cfg.gelu_approximate)
@@ -122,9 +124,14 @@ class Mlp(nn.Module):
         return Dense(cfg, (cfg.d_model,), ("mlp", "embed"), bias=cfg.use_bias, name="wo")(h_BxLxF)
 
 
+def soft_cap(x: jax.Array, cap: float) -> jax.Array:
+    """cap * tanh(x / cap) (Gemma 2's logit soft-capping); x unchanged for cap 0."""
+    return cap * jnp.tanh(x / cap) if cap else x
+
+
 def dot_product_attention(q_BxLxHxDh, k_BxSxKxDh, v_BxSxKxDh, mask, bias, *, scale: float,
-                          dropout=None, record=None) -> jax.Array:
-    """softmax(q.k * scale + bias, masked) . v with K kv heads shared by H // K query heads each.
+                          dropout=None, record=None, cap: float = 0.0) -> jax.Array:
+    """softmax(soft_cap(q.k * scale + bias, cap), masked) . v with K kv heads shared by H // K query heads each.
 
     mask: bool broadcastable to (B, 1, L, S), True = attend; bias: float broadcastable to (B, H, L, S);
     dropout: optional callable applied to the float32 probabilities; record: optional callable given the float32
@@ -138,6 +145,7 @@ def dot_product_attention(q_BxLxHxDh, k_BxSxKxDh, v_BxSxKxDh, mask, bias, *, sca
     s_BxHxLxS = s_BxKxGxLxS.reshape(B, H, L, S) * scale
     if bias is not None:
         s_BxHxLxS = s_BxHxLxS + bias.astype(jnp.float32)
+    s_BxHxLxS = soft_cap(s_BxHxLxS, cap)
     if mask is not None:
         s_BxHxLxS = jnp.where(mask, s_BxHxLxS, jnp.finfo(jnp.float32).min)
     p_BxHxLxS = jax.nn.softmax(s_BxHxLxS, axis=-1)
@@ -208,7 +216,8 @@ class Attention(nn.Module):
     def _attend(self, q, k, v, mask, bias, scale, dropout):
         if self.is_mutable_collection("intermediates"):  # Attention maps asked for: sow the xla probabilities.
             record = lambda p_BxHxLxS: self.sow("intermediates", "attention_weights", p_BxHxLxS)
-            return dot_product_attention(q, k, v, mask, bias, scale=scale, dropout=dropout, record=record)
+            return dot_product_attention(q, k, v, mask, bias, scale=scale, dropout=dropout, record=record,
+                                         cap=self.cfg.attention_soft_cap)
         if self.cfg.attention_impl == "cudnn":
             why = None
             if jax.default_backend() != "gpu":
@@ -217,17 +226,21 @@ class Attention(nn.Module):
                 why = f"cudnn needs bfloat16/float16 inputs, compute dtype is {q.dtype}"
             elif dropout is not None:
                 why = "cudnn attention has no attention dropout"
+            elif self.cfg.attention_soft_cap:
+                why = "cudnn attention has no soft cap (model.attention_soft_cap)"
             if why is None:
                 b = None if bias is None else jnp.broadcast_to(bias, (q.shape[0], q.shape[2]) + bias.shape[2:])
                 m = None if mask is None else jnp.broadcast_to(mask, (q.shape[0], 1) + mask.shape[2:])
                 return jax.nn.dot_product_attention(q, k, v, bias=None if b is None else b.astype(q.dtype),
                                                     mask=m, scale=scale, implementation="cudnn")
             _warn_once(f"model.attention_impl='cudnn' unavailable ({why}); using the xla attention")
-        return dot_product_attention(q, k, v, mask, bias, scale=scale, dropout=dropout)
+        return dot_product_attention(q, k, v, mask, bias, scale=scale, dropout=dropout,
+                                     cap=self.cfg.attention_soft_cap)
 
 
 class OutputHead(nn.Module):
-    """Hidden states -> float32 logits: optional MLM transform, tied (table given) or untied projection, bias."""
+    """Hidden states -> float32 logits: optional MLM transform, tied (table given) or untied projection, bias,
+    soft cap."""
 
     cfg: ModelConfig
 
@@ -250,4 +263,4 @@ class OutputHead(nn.Module):
         if cfg.output_bias:
             logits_BxLxV = logits_BxLxV + self.param("bias", _init(cfg, ("vocab",), "zeros"), (cfg.vocab_size,),
                                                      cfg.weight_dtype).astype(jnp.float32)
-        return logits_BxLxV
+        return soft_cap(logits_BxLxV, cfg.logits_soft_cap)

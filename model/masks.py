@@ -41,6 +41,11 @@ def prefix(prefix_len: jax.Array, q_positions: int | jax.Array, k_positions: int
     return causal(q, k) | in_prefix  # A query >= prefix_len already sees the whole prefix causally.
 
 
+def segment(q_segments: jax.Array, k_segments: jax.Array) -> jax.Array:
+    """(B, 1, Lq, Lk) document mask: a query sees only keys of its own segment (segment ids (B, Lq), (B, Lk))."""
+    return jnp.asarray(q_segments)[:, None, :, None] == jnp.asarray(k_segments)[:, None, None, :]
+
+
 def window(q_positions: int | jax.Array, k_positions: int | jax.Array | None, n: int,
            causal: bool = True) -> jax.Array:
     """(B|1, 1, Lq, Lk) local attention: causal keeps keys in (q - n, q]; bidirectional keeps |q - k| < n."""

@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from model.config import ModelConfig
 
@@ -28,6 +29,14 @@ class LearnedPositions(nn.Module):
             nn.initializers.normal(cfg.init_std), ("length", "embed")), (cfg.max_len, cfg.d_model),
             cfg.weight_dtype)
         return jnp.take(table_LxD, positions, axis=0).astype(cfg.compute_dtype)
+
+
+def segment_positions(segment_ids_BxL: jax.Array) -> jax.Array:
+    """(B, L) int32 position of each token inside its segment: 0 at each change of segment id along the row."""
+    ids = jnp.asarray(segment_ids_BxL)
+    idx = jnp.broadcast_to(jnp.arange(ids.shape[1], dtype=jnp.int32), ids.shape)
+    starts = jnp.concatenate([jnp.ones_like(ids[:, :1], bool), ids[:, 1:] != ids[:, :-1]], axis=1)
+    return idx - lax.cummax(jnp.where(starts, idx, 0), axis=1)
 
 
 def sinusoidal(positions: jax.Array, d: int, max_timescale: float = 10000.0) -> jax.Array:

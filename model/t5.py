@@ -23,7 +23,7 @@ class T5(nn.Module):
     """Sequence-to-sequence LM: logits for decoder_inputs given encoder_inputs."""
 
     cfg: ModelConfig
-    input_names: ClassVar[tuple[str, ...]] = ("encoder_inputs", "decoder_inputs")
+    input_names: ClassVar[tuple[str, ...]] = ("encoder_inputs", "decoder_inputs", "encoder_segment_ids")
 
     def setup(self):
         cfg = self.cfg
@@ -32,9 +32,11 @@ class T5(nn.Module):
         self.decoder = Stack(cfg, cfg.decoder_layers, causal=True, cross=True)
         self.head = OutputHead(cfg)
 
-    def encode(self, encoder_inputs: jax.Array, *, train: bool = False) -> jax.Array:
-        """(B, S) int32 tokens -> (B, S, D) encoder output."""
-        return self.encoder(self.embed(encoder_inputs), key_valid=encoder_inputs != self.cfg.pad_id, train=train)
+    def encode(self, encoder_inputs: jax.Array, *, encoder_segment_ids: jax.Array | None = None,
+               train: bool = False) -> jax.Array:
+        """(B, S) int32 tokens -> (B, S, D) encoder output (encoder_segment_ids: document masking)."""
+        return self.encoder(self.embed(encoder_inputs), key_valid=encoder_inputs != self.cfg.pad_id,
+                            segment_ids=encoder_segment_ids, train=train)
 
     def decoder_features(self, encoded: jax.Array, encoder_inputs: jax.Array, decoder_inputs: jax.Array, *,
                          train: bool = False, decode: bool = False) -> jax.Array:
@@ -48,14 +50,15 @@ class T5(nn.Module):
         h = self.decoder_features(encoded, encoder_inputs, decoder_inputs, train=train, decode=decode)
         return self.head(h, self.embed.embedding if self.cfg.tie_embeddings else None)
 
-    def features(self, encoder_inputs: jax.Array, decoder_inputs: jax.Array, *, train: bool = False,
-                 decode: bool = False) -> jax.Array:
+    def features(self, encoder_inputs: jax.Array, decoder_inputs: jax.Array, *,
+                 encoder_segment_ids: jax.Array | None = None, train: bool = False, decode: bool = False) -> jax.Array:
         """(B, L, D) decoder hidden states."""
-        encoded = self.encode(encoder_inputs, train=train)
+        encoded = self.encode(encoder_inputs, encoder_segment_ids=encoder_segment_ids, train=train)
         return self.decoder_features(encoded, encoder_inputs, decoder_inputs, train=train, decode=decode)
 
-    def __call__(self, encoder_inputs: jax.Array, decoder_inputs: jax.Array, *, train: bool = False,
-                 decode: bool = False) -> jax.Array:
-        """(B, S) and (B, L) int32 tokens -> (B, L, V) float32 logits."""
-        return self.decode(self.encode(encoder_inputs, train=train), encoder_inputs, decoder_inputs, train=train,
-                           decode=decode)
+    def __call__(self, encoder_inputs: jax.Array, decoder_inputs: jax.Array, *,
+                 encoder_segment_ids: jax.Array | None = None, train: bool = False, decode: bool = False) -> jax.Array:
+        """(B, S) and (B, L) int32 tokens -> (B, L, V) float32 logits (encoder_segment_ids: document masking of
+        the encoder; the decoder sees every encoder position)."""
+        encoded = self.encode(encoder_inputs, encoder_segment_ids=encoder_segment_ids, train=train)
+        return self.decode(encoded, encoder_inputs, decoder_inputs, train=train, decode=decode)

@@ -2,6 +2,10 @@
 blocks as a python loop or nn.scan, optional remat, final norm): the encoder, the decoder and the decoder-only
 model are all a Stack.
 
+Masks follow the token indices in the row (causal, prefix, padding, local windows), positions the token's place in
+its document: with segment_ids (document masking) attention stays inside each segment and positions restart at
+each one. model.attention_pattern picks per block between the global mask and the local one.
+
 Decode mode (decode=True): the first call (model.init on a (B, L_max) dummy) creates the 'cache' collection
 and runs a normal forward pass; later calls (mutable=['cache']) take the next tokens, place them at the cache
 index and attend over the whole cache with a mask built from the cached key positions.
@@ -34,8 +38,12 @@ class Block(nn.Module):
     decode: bool = False
 
     @nn.compact
-    def __call__(self, x_BxLxD, mask, bias, positions, encoded_BxSxD=None, cross_mask=None):
+    def __call__(self, x_BxLxD, mask, bias, positions, encoded_BxSxD=None, cross_mask=None, local_mask=None,
+                 is_local=None):
+        """local_mask and is_local (a traced bool) pick this block's mask under nn.scan with a mixed pattern."""
         cfg = self.cfg
+        if is_local is not None:
+            mask = jnp.where(is_local, local_mask, mask)
         drop = nn.Dropout(cfg.dropout, deterministic=not self.train)
 
         def residual(name, fn, x):
@@ -66,16 +74,24 @@ class Stack(nn.Module):
 
     @nn.compact
     def __call__(self, x_BxLxD: jax.Array, *, key_valid: jax.Array | None = None,
-                 prefix_len: jax.Array | None = None, encoded: jax.Array | None = None,
-                 encoded_valid: jax.Array | None = None, train: bool = False, decode: bool = False) -> jax.Array:
+                 prefix_len: jax.Array | None = None, segment_ids: jax.Array | None = None,
+                 encoded: jax.Array | None = None, encoded_valid: jax.Array | None = None, train: bool = False,
+                 decode: bool = False) -> jax.Array:
         """key_valid (B, L) bool masks padded keys (non-causal stacks); prefix_len (B,) makes a prefix LM;
-        encoded (B, S, D) and encoded_valid (B, S) feed cross-attention. Returns (B, L, D)."""
+        segment_ids (B, L) int (documents, non-decreasing along a row) keeps attention inside each document and
+        restarts positions at each; encoded (B, S, D) and encoded_valid (B, S) feed cross-attention.
+        Returns (B, L, D)."""
         cfg = self.cfg
         B, L = x_BxLxD.shape[:2]
         x_BxLxD = constrain(self.perturb("embedded", x_BxLxD))  # perturb: gradient probe for tests.
-        q_pos = k_pos = jnp.arange(L, dtype=jnp.int32)[None]
+        q_idx = k_idx = jnp.arange(L, dtype=jnp.int32)[None]
         if decode:
-            q_pos, k_pos = self._decode_positions(L)
+            if segment_ids is not None:
+                raise ValueError("segment_ids (document masking) is for training and scoring, not KV-cache decoding")
+            q_idx, k_idx = self._decode_positions(L)
+        q_pos, k_pos = q_idx, k_idx
+        if segment_ids is not None:
+            q_pos = k_pos = pos.segment_positions(segment_ids)
         if cfg.position == "learned":
             if L > cfg.max_len:
                 raise ValueError(f"sequence length {L} exceeds model.max_len={cfg.max_len} (learned positions)")
@@ -88,11 +104,18 @@ class Stack(nn.Module):
 
         mask = None
         if self.causal:
-            mask = masks.causal(q_pos, k_pos) if prefix_len is None else masks.prefix(prefix_len, q_pos, k_pos)
+            mask = masks.causal(q_idx, k_idx) if prefix_len is None else masks.prefix(prefix_len, q_idx, k_idx)
         if key_valid is not None:
             mask = masks.combine(mask, masks.padding(key_valid, L))
-        if cfg.attention_window:  # Local attention; cross-attention is unaffected.
-            mask = masks.combine(mask, masks.window(q_pos, k_pos, cfg.attention_window, causal=self.causal))
+        if segment_ids is not None:
+            mask = masks.combine(mask, masks.segment(segment_ids, segment_ids))
+        local = [cfg.local_layer(i) for i in range(self.n_layers)]
+        local_mask = None
+        if any(local):  # Local self-attention in these blocks; cross-attention is unaffected.
+            window = masks.window(q_idx, k_idx, cfg.attention_window, causal=self.causal)
+            local_mask = masks.combine(mask, window)
+            if mask is None:
+                mask = jnp.ones_like(window)
         bias = None
         if cfg.position == "alibi":
             bias = pos.alibi_bias(cfg.n_heads, q_pos, k_pos)
@@ -105,15 +128,20 @@ class Stack(nn.Module):
         block = Block
         if cfg.remat != "none":
             block = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
-        args = (mask, bias, q_pos, encoded, cross_mask)
+        rest = (bias, q_pos, encoded, cross_mask)
         if cfg.scan_layers:
+            args, in_axes = (local_mask if all(local) else mask, *rest), (nn.broadcast,) * (1 + len(rest))
+            if any(local) and not all(local):  # mixed pattern: each scanned block picks its mask
+                args += (local_mask, jnp.array(local))
+                in_axes += (nn.broadcast, 0)
             scanned = nn.scan(block, variable_axes={"params": 0, "cache": 0, "intermediates": 0},
-                              split_rngs={"params": True, "dropout": True}, in_axes=(nn.broadcast,) * len(args),
+                              split_rngs={"params": True, "dropout": True}, in_axes=in_axes,
                               length=self.n_layers, metadata_params={nn.PARTITION_NAME: "layers"})
             x_BxLxD, _ = scanned(cfg, self.cross, train, decode, name="layers")(x_BxLxD, *args)
         else:
             for i in range(self.n_layers):
-                x_BxLxD, _ = block(cfg, self.cross, train, decode, name=f"layer_{i}")(x_BxLxD, *args)
+                layer_mask = local_mask if local[i] else mask
+                x_BxLxD, _ = block(cfg, self.cross, train, decode, name=f"layer_{i}")(x_BxLxD, layer_mask, *rest)
         if cfg.final_norm:
             x_BxLxD = Norm(cfg, name="final_norm")(x_BxLxD)
         return constrain(x_BxLxD)

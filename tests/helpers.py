@@ -80,4 +80,4 @@ def objective_config(name="span_corruption", seq_len=48, noise_density=0.15, mea
     return ml_collections.ConfigDict(dict(
         objective=dict(name=name, mask_rate=0.15, mask_token_frac=0.8, random_token_frac=0.1, whole_word=False,
                        noise_density=noise_density, mean_span_length=mean_span_length, nsp=False),
-        data=dict(seq_len=seq_len, target_len=0)))
+        data=dict(seq_len=seq_len, target_len=0, document_mask=False)))

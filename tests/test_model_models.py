@@ -284,8 +284,9 @@ def test_jit_equals_eager_and_features(arch):
     h = m.apply(v, *args, method="features")
     assert h.shape == (B, L, cfg.d_model)
     np.testing.assert_allclose(jnp.einsum("bld,vd->blv", h, v["params"]["embed"]["embedding"]), eager, atol=1e-5)
-    assert type(m).input_names == {"gpt": ("inputs", "prefix_len"), "bert": ("inputs", "token_types"),
-                                   "t5": ("encoder_inputs", "decoder_inputs")}[arch]
+    assert type(m).input_names == {"gpt": ("inputs", "prefix_len", "segment_ids"),
+                                   "bert": ("inputs", "token_types", "segment_ids"),
+                                   "t5": ("encoder_inputs", "decoder_inputs", "encoder_segment_ids")}[arch]
 
 
 def test_dropout_only_in_training():

@@ -111,7 +111,7 @@ def test_rows_depend_only_on_their_own_rng():
 
     cfg = ml_collections.ConfigDict(dict(
         objective=dict(name="mlm", mask_rate=0.15, mask_token_frac=0.8, random_token_frac=0.1, whole_word=False,
-                       nsp=True), data=dict(seq_len=40), model=dict(arch="bert")))
+                       nsp=True), data=dict(seq_len=40, document_mask=False), model=dict(arch="bert")))
     obj = objectives.build(cfg, TOK)
     assert (obj.window_len, obj.random_len) == (37, 74)
     w = np.random.default_rng(0).integers(107, 2000, (6, obj.window_len + obj.random_len)).astype(np.int32)

@@ -19,7 +19,8 @@ from train import step as step_lib
 def _tc(**kw):
     base = dict(optimizer="adamw", learning_rate=0.5, warmup_steps=0, steps=100, schedule="constant",
                 min_lr_ratio=0.1, b1=0.9, b2=0.95, eps=1e-8, momentum=0.9, weight_decay=0.1, decay_embeddings=False,
-                grad_clip=0.0)
+                grad_clip=0.0, muon_learning_rate=0.5, muon_momentum=0.95, muon_nesterov=True, muon_ns_steps=5,
+                muon_consistent_rms=0.0, lion_b1=0.9, lion_b2=0.99)
     return ml_collections.ConfigDict({**base, **kw})
 
 

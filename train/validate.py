@@ -4,7 +4,8 @@ is built, with one UserError naming the field, its value and the values it may t
 Only fields no other module checks are checked here. Checked elsewhere (so not here): train.batch_size, seed and
 data.prefetch (data/pipeline.py), data.val_fraction (data/corpus.py), data.seq_len, data.target_len and the
 objective's rates and span settings (data/objectives.py; data/classify.py for fine-tuning), train.microbatches
-dividing the batch (train/parallel.py), train.optimizer and train.schedule (train/optim.py), model.* (model/config.py),
+dividing the batch (train/parallel.py), train.optimizer and train.schedule with the knobs of the chosen ones
+(train.muon_*, train.lion_*, train.decay_fraction, train.decay_shape; train/optim.py), model.* (model/config.py),
 task.* (data/classify.py, data/probes.py).
 """
 

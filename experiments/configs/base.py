@@ -73,6 +73,7 @@ def base_config(arch: str, size: str = "tiny") -> ml_collections.ConfigDict:
     c.data.seq_len = s["seq_len"]  # Tokens per example (encoder input length for t5).
     c.data.target_len = 0  # t5 decoder length; 0 derives it from seq_len, noise_density and mean_span_length.
     c.data.prefetch = 2  # Batches prepared ahead by a background thread.
+    c.data.document_mask = False  # Attention stays inside each document and positions restart at each one.
 
     c.objective = ml_collections.ConfigDict()
     c.objective.name = OBJECTIVES[arch]  # 'causal_lm', 'prefix_lm', 'mlm' or 'span_corruption'.
@@ -96,14 +97,23 @@ def base_config(arch: str, size: str = "tiny") -> ml_collections.ConfigDict:
     c.train.microbatches = 1  # Gradient accumulation: the batch is split into this many sequential microbatches.
     c.train.learning_rate = s["learning_rate"]  # Peak learning rate.
     c.train.warmup_steps = s["warmup_steps"]  # Linear warmup from 0 to the peak.
-    c.train.schedule = "cosine"  # Decay after warmup: 'cosine', 'linear', 'rsqrt' or 'constant'.
-    c.train.min_lr_ratio = 0.1  # Final learning rate as a fraction of the peak (cosine and linear).
-    c.train.optimizer = "adamw"  # 'adamw', 'adafactor' or 'sgd' (with momentum); see train/optim.py.
+    c.train.schedule = "cosine"  # After warmup: 'cosine', 'linear', 'rsqrt', 'constant' or 'wsd' (warmup-stable-decay).
+    c.train.min_lr_ratio = 0.1  # Final learning rate as a fraction of the peak (cosine, linear and wsd).
+    c.train.decay_fraction = 0.2  # wsd: the last fraction of train.steps spent decaying (in (0, 1]; not in warmup).
+    c.train.decay_shape = "1-sqrt"  # wsd: 'linear' or '1-sqrt' (peak - (peak - end) sqrt(t); Hägele et al. 2024).
+    c.train.optimizer = "adamw"  # 'adamw', 'adafactor', 'sgd' (with momentum), 'muon' or 'lion'; see train/optim.py.
     c.train.b1 = 0.9  # Adam beta1.
     c.train.b2 = 0.95  # Adam beta2.
     c.train.eps = 1e-8  # Adam epsilon.
     c.train.momentum = 0.9  # SGD momentum.
-    c.train.weight_decay = 0.1  # Decoupled weight decay (scaled by the schedule), on dense kernels only.
+    c.train.muon_learning_rate = 0.02  # muon: peak rate of the block matrices (the rest: AdamW at learning_rate).
+    c.train.muon_momentum = 0.95  # muon: momentum of the gradients that Newton-Schulz orthogonalises.
+    c.train.muon_nesterov = True  # muon: orthogonalise the Nesterov look-ahead of the momentum.
+    c.train.muon_ns_steps = 5  # muon: Newton-Schulz iterations (optax's quintic coefficients 3.4445, -4.775, 2.0315).
+    c.train.muon_consistent_rms = 0.0  # muon: 0 = scale by sqrt(max(1, out/in)) (rate ~0.02); r: RMS r (0.2 ~ AdamW).
+    c.train.lion_b1 = 0.9  # lion: update sign(b1 m + (1-b1) g); wants ~3-10x lower rate, ~3-10x more decay than AdamW.
+    c.train.lion_b2 = 0.99  # lion: decay of the momentum m (m = b2 m + (1 - b2) g after each update).
+    c.train.weight_decay = 0.1  # Decoupled decay, times the scheduled rate of the kernel's group (muon's or AdamW's).
     c.train.decay_embeddings = False  # Also decay the embedding tables (tokens, positions, types, t5 buckets).
     c.train.grad_clip = 1.0  # Global gradient-norm clip (0 disables).
     c.train.log_every = 10  # Steps between metric lines.
