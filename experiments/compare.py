@@ -25,10 +25,20 @@ them): after training, every contender is fine-tuned on each probe task with one
 column per task and per baseline (experiments/probes.py; 4 short fine-tuning runs per contender for the two tasks,
 their cost in docs/results.md).
 
-Each contender trains in `<workdir>/<name>`. Re-running the command skips finished contenders (summary.json of the
-same config) and resumes an interrupted one from its last checkpoint; the planned steps are kept in plan.json, so a
-seconds budget is measured once. `--config.*` overrides apply to every contender, except where a contender's own
-overrides set the same field (the default suite's learning rates, T5's d_ff): those win, and compare says so.
+Seeds (`--seeds=N`, default 1): with 1, each contender trains once, with its config's seed, in `<workdir>/<name>`;
+with N >= 2, each trains with config.seed = 0, 1, ..., N-1 in `<workdir>/<name>-seed=<s>` (every contender's seed 0
+first), and is probed (fine-tuned with the same seed) and scored zero-shot every time. config.seed seeds init,
+dropout and every batch, so contender A and contender B with the same seed see the same batches: the report pairs
+them by seed, shows mean ± standard error and says which differences a paired t-test finds significant (3 or more
+seeds advised; with one seed only the zero-shot columns are tested, by a paired bootstrap over their pairs).
+
+  python -m experiments.compare --workdir=runs/compare3 --seeds=3
+
+Each contender (each seed of it) trains in its own workdir. Re-running the command skips finished runs
+(summary.json of the same config) and resumes an interrupted one from its last checkpoint; the planned steps are
+kept in plan.json, so a seconds budget is measured once (per contender: its seeds share its steps, also when --seeds
+grows). `--config.*` overrides apply to every contender, except where a contender's own overrides set the same
+field (the default suite's learning rates, T5's d_ff): those win, and compare says so.
 """
 
 from __future__ import annotations
@@ -76,8 +86,9 @@ def _as_stored(value):
 
 
 def _defined(overrides: dict) -> dict:
-    """A run's overrides without those its budget plan added (steps, warmup, evaluation spacing), as stored."""
-    return _as_stored({k: v for k, v in overrides.items() if k not in planning.PLANNED_KEYS})
+    """A run's overrides without those its budget plan added (steps, warmup, evaluation spacing) and its seed (the
+    steps a budget buys do not depend on it), as stored."""
+    return _as_stored({k: v for k, v in overrides.items() if k not in (*planning.PLANNED_KEYS, "seed")})
 
 
 def _request(suite_name: str, budget, evals: int, overrides: dict) -> dict:
@@ -87,17 +98,20 @@ def _request(suite_name: str, budget, evals: int, overrides: dict) -> dict:
 
 def plan(workdir: str, suite_name: str, runs: list[Run], budget, evals: int, overrides: dict,
          log=print) -> list[Run]:
-    """The runs with their steps; contenders planned earlier under the same request, with the same config file and
-    overrides (the suite's may have changed since), keep their plan."""
+    """The contenders' runs with their steps; contenders planned earlier under the same request (with any number of
+    seeds), with the same config file and overrides (the suite's may have changed since), keep their plan."""
     request = _request(suite_name, budget, evals, overrides)
     old = planning.read_plan(workdir) or {}
-    reuse = {r["name"]: r for r in old.get("runs", [])} if old.get("request") == request else {}
+    reuse = {}
+    for rec in old.get("runs", []) if old.get("request") == request else []:
+        reuse.setdefault(rec.get("group") or rec["name"], rec)
     out, todo = [], []
     for run in runs:
-        rec = reuse.get(run.name)
+        rec = reuse.get(run.group)
         if rec and rec["config_file"] == run.config_file and _defined(rec["overrides"]) == _defined(run.overrides):
-            again = planning.make_run(rec["config_file"], rec["overrides"], group=run.group, variant=run.variant,
-                                      hashed=False)
+            planned = {k: rec["overrides"][k] for k in planning.PLANNED_KEYS if k in rec["overrides"]}
+            again = planning.make_run(run.config_file, {**run.overrides, **planned}, group=run.group,
+                                      variant=run.variant, hashed=False)
             again.measured_step_s = rec.get("measured_step_s")
             out.append(again)
         else:
@@ -107,15 +121,36 @@ def plan(workdir: str, suite_name: str, runs: list[Run], budget, evals: int, ove
     return [r if r is not None else next(fresh) for r in out]
 
 
+def seed_name(contender: str, seed: int) -> str:
+    """The workdir name of one seed of a contender (experiments.report.group_of maps it back)."""
+    return f"{contender}-seed={seed}"
+
+
+def seed_runs(runs: list[Run], seeds: int) -> list[Run]:
+    """The runs to train: with seeds=1 the contenders' runs as they are (their config's seed, their own names);
+    else each with config.seed = 0 .. seeds-1, named seed_name(contender, s), every contender's seed 0 first."""
+    if seeds == 1:
+        return runs
+    out = []
+    for s in range(seeds):
+        for r in runs:
+            run = planning.make_run(r.config_file, {**r.overrides, "seed": s}, group=r.group, variant=r.variant,
+                                    hashed=False)
+            run.name, run.measured_step_s = seed_name(r.group, s), r.measured_step_s
+            out.append(run)
+    return out
+
+
 def compare(workdir: str, suite_name: str = "default", contenders: list[str] | None = None,
             budget: tuple[str, float] | None = None, evals: int = 0, overrides: dict | None = None,
             param_tolerance: float | None = None, dry_run: bool = False, probes: tuple[str, ...] | None = None,
-            probe_overrides: dict | None = None, zero_shot: tuple[str, ...] | None = None,
+            probe_overrides: dict | None = None, zero_shot: tuple[str, ...] | None = None, seeds: int = 1,
             log=print) -> list[Run]:
-    """Plans, trains (unless dry_run), probes and reports a suite; returns the planned runs.
+    """Plans, trains (unless dry_run), probes and reports a suite; returns the planned runs (every seed's).
 
     probes, zero_shot: probe tasks to fine-tune on and to score zero-shot (None = the suite's); probe_overrides:
-    {'train.steps': 50, ...} for every fine-tuning run."""
+    {'train.steps': 50, ...} for every fine-tuning run; seeds: 1 (each contender once, its config's seed) or N
+    (seeds 0 .. N-1 each; see the module docstring)."""
     suite = suites.load(suite_name)
     probes = tuple(suite["probes"] if probes is None else probes)
     zero_shot = tuple(suite["zero_shot"] if zero_shot is None else zero_shot)
@@ -124,6 +159,12 @@ def compare(workdir: str, suite_name: str = "default", contenders: list[str] | N
         if unknown:
             raise SweepError(f"{flag}: unknown {unknown}; choose from {list(PROBE_TASKS)}")
     overrides = overrides or {}
+    if seeds < 1:
+        raise SweepError(f"--seeds={seeds}: give 1 (each contender once, with its config's seed) or more (seeds "
+                         f"0 .. N-1 each; 3 or more for the report to test the differences)")
+    if seeds > 1 and "seed" in overrides:
+        raise SweepError(f"--seeds={seeds} sets config.seed to 0 .. {seeds - 1} itself: drop --config.seed="
+                         f"{overrides['seed']}, or pass --seeds=1 to train that one seed")
     budget = budget or tuple(suite["budget"])
     evals = evals or suite["evals"]
     runs = suite_runs(suite, contenders, overrides)
@@ -140,7 +181,12 @@ def compare(workdir: str, suite_name: str = "default", contenders: list[str] | N
         steps = r.config.train.steps
         log(f"[compare] {r.name:>6}: {params[r.name]:,} params, {f['flops_per_step'] / 1e9:.2f} GFLOP and "
             f"{f['tokens_per_step']:,} tokens per step, {steps} steps = {steps * f['flops_per_step']:.3e} FLOPs, "
-            f"{steps * f['tokens_per_step']:,} tokens")
+            f"{steps * f['tokens_per_step']:,} tokens" + (f", x {seeds} seeds" if seeds > 1 else ""))
+    runs = seed_runs(runs, seeds)
+
+    def probe_overrides_of(run: Run) -> dict | None:  # with several seeds, fine-tuning runs with the run's seed
+        return {**(probe_overrides or {}), "seed": run.seed} if seeds > 1 else probe_overrides
+
     if dry_run:
         for r in runs:
             print(r.command(workdir))
@@ -148,13 +194,13 @@ def compare(workdir: str, suite_name: str = "default", contenders: list[str] | N
     for r in runs:  # a workdir holding another config (or probe run) is refused before plan.json is rewritten
         planning.run_state(r, workdir)
         if probes:
-            probes_lib.check_contender(os.path.join(workdir, r.name), probes, probe_overrides)
+            probes_lib.check_contender(os.path.join(workdir, r.name), probes, probe_overrides_of(r))
     old = planning.read_plan(workdir) or {}
     request = _request(suite_name, budget, evals, overrides)
     records = [r.record() for r in runs]
     if old.get("request") == request:  # keep the plan of contenders left out this time (--contenders)
-        records += [r for r in old["runs"] if r["name"] not in {x.name for x in runs}]
-    planning.write_plan(workdir, {"kind": "compare", "request": request, "suite": suite_name,
+        records += [r for r in old["runs"] if (r.get("group") or r["name"]) not in {x.group for x in runs}]
+    planning.write_plan(workdir, {"kind": "compare", "request": request, "suite": suite_name, "seeds": seeds,
                                   "description": suite["description"],
                                   "budget": {"kind": budget[0], "value": float(budget[1])},
                                   "runs": records, "hardware": planning.hardware_record(old)})
@@ -165,7 +211,7 @@ def compare(workdir: str, suite_name: str = "default", contenders: list[str] | N
         if zero_shot:
             probes_lib.zero_shot_contender(rundir, tasks=zero_shot, log=log)
         if probes:
-            probes_lib.probe_contender(rundir, tasks=probes, overrides=probe_overrides, log=log)
+            probes_lib.probe_contender(rundir, tasks=probes, overrides=probe_overrides_of(r), log=log)
 
     print(report.build(workdir))
     return runs
@@ -184,7 +230,7 @@ def main(argv: list[str]) -> None:
 
         compare(fv.workdir, fv.suite, names, sweep.budget_from_flags(fv), fv.evals, sweep.cli_overrides(fv),
                 fv.param_tolerance if fv.param_tolerance >= 0 else None, fv.dry_run, tasks(fv.probes),
-                {"train.steps": fv.probe_steps} if fv.probe_steps else None, tasks(fv.zero_shot))
+                {"train.steps": fv.probe_steps} if fv.probe_steps else None, tasks(fv.zero_shot), fv.seeds)
 
 
 if __name__ == "__main__":
@@ -195,6 +241,9 @@ if __name__ == "__main__":
     flags.DEFINE_integer("probe_steps", 0, "Fine-tuning steps per probe run (0 = the recipe's).")
     flags.DEFINE_string("zero_shot", None, "Comma-separated probe tasks every contender scores zero-shot after "
                         "training ('' = none; unset = the suite's).")
+    flags.DEFINE_integer("seeds", 1, "Seeds per contender: 1 = once, with the config's seed, in <workdir>/<name>; "
+                         "N = config.seed 0 .. N-1, each in <workdir>/<name>-seed=<s> (3 or more to test the "
+                         "differences).")
     flags.DEFINE_float("param_tolerance", -1, "Allowed parameter-count spread (max/min - 1); -1 = the suite's.")
     sweep.define_budget_flags(flags.FLAGS)
     flags.FLAGS.set_default("evals", 0)

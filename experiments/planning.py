@@ -38,6 +38,7 @@ BUDGETS = ("flops", "tokens", "seconds", "steps")
 RUN_FILE = "run.json"  # What compare/sweep write into each run's workdir: name, group, seed, overrides.
 PLAN_FILE = "plan.json"  # What compare/sweep write into the top workdir: the request, the budget, the runs.
 FAILED_FILE = "failed.json"  # Written into a run's workdir when its training diverged.
+PER_PAIR_DIR = "zero_shot"  # In a run's workdir: <task>.json, each zero-shot pair's result (experiments/probes.py).
 
 
 class SweepError(UserError):
@@ -250,14 +251,17 @@ def steps_for_budget(config, kind: str, value: float, step_seconds: float | None
 
 
 def plan_budget(runs: list[Run], kind: str, value: float, evals: int, log=print) -> list[Run]:
-    """Each run with the steps its budget buys (seconds: measured per run, see `measure_step_seconds`)."""
-    out = []
+    """Each run with the steps its budget buys (seconds: measured once per group, see `measure_step_seconds`, so
+    that the seeds of a group train the same steps)."""
+    out, measured = [], {}
     for run in runs:
         seconds = None
         if kind == "seconds":
-            log(f"[plan] {run.group}: measuring the step time (compile, 2 warm-up steps, 8 timed)")
-            seconds = measure_step_seconds(run.config)
-            log(f"[plan] {run.group}: {seconds:.3f} s per step")
+            if run.group not in measured:
+                log(f"[plan] {run.group}: measuring the step time (compile, 2 warm-up steps, 8 timed)")
+                measured[run.group] = measure_step_seconds(run.config)
+                log(f"[plan] {run.group}: {measured[run.group]:.3f} s per step")
+            seconds = measured[run.group]
         steps = steps_for_budget(run.config, kind, value, seconds)
         planned = with_steps(run, steps, evals)
         planned.measured_step_s = seconds

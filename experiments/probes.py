@@ -28,6 +28,7 @@ is 0.5); F1 is that of the positive class (label 1: 'b follows a', 'intact').
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -179,17 +180,33 @@ def probe_contender(rundir: str, tasks=TASKS, overrides: dict | None = None, bas
     return out
 
 
-def pair_accuracy(scores) -> float:
-    """Fraction of consecutive (true, false) pairs whose true member scores higher; ties count half."""
+def pair_correct(scores) -> list[float]:
+    """Per consecutive (true, false) pair: 1 if the true member scores higher, 0 if lower, 0.5 for a tie."""
     true, false = np.asarray(scores[0::2]), np.asarray(scores[1::2])
     if len(true) != len(false) or not len(true):
         raise ValueError(f"pair_accuracy: {len(scores)} scores are not a non-empty list of pairs")
-    return float(np.mean((true > false) + 0.5 * (true == false)))
+    return ((true > false) + 0.5 * (true == false)).astype(float).tolist()
+
+
+def pair_accuracy(scores) -> float:
+    """Fraction of consecutive (true, false) pairs whose true member scores higher; ties count half."""
+    return float(np.mean(pair_correct(scores)))
+
+
+def _fingerprint(records: list[dict]) -> str:
+    """12 hex digits of a task's evaluation records: two runs' pair ids name the same pairs when these agree."""
+    return hashlib.sha256(json.dumps(records, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def per_pair_path(rundir: str, task: str) -> str:
+    """Where zero_shot_contender keeps each pair's result of `task` (the report's paired bootstrap reads it)."""
+    return os.path.join(rundir, planning.PER_PAIR_DIR, f"{task}.json")
 
 
 def zero_shot(workdir: str, tasks=TASKS, log=print) -> dict[str, dict]:
-    """{task: {'accuracy', 'pairs', 'wall_s'}}: the probe-eval pairs of each task scored by the pretrained model in
-    `workdir` (see the module docstring)."""
+    """{task: {'accuracy', 'pairs', 'left_out', 'wall_s', 'per_pair'}}: the probe-eval pairs of each task scored by
+    the pretrained model in `workdir` (see the module docstring); per_pair: {'pair': index of each scored pair
+    among the task's evaluation pairs, 'correct': its result (pair_correct), 'examples_sha': which pairs those are}."""
     config, _, model, params, tok = load_workdir(workdir)
     if tok is None:
         raise SweepError(f"zero-shot probes: {workdir} has no tokenizer to build the probe texts with")
@@ -224,7 +241,9 @@ def zero_shot(workdir: str, tasks=TASKS, log=print) -> dict[str, dict]:
             by_text = dict(zip(alone, score([[]] * len(alone), [list(t) for t in alone]), strict=True))
             scores = scores - np.array([by_text[tuple(t)] for t in targets])
         r = results[task] = {"accuracy": pair_accuracy(scores), "pairs": len(keep) // 2,
-                             "left_out": (len(records) - len(keep)) // 2, "wall_s": time.perf_counter() - t0}
+                             "left_out": (len(records) - len(keep)) // 2, "wall_s": time.perf_counter() - t0,
+                             "per_pair": {"pair": [i // 2 for i in keep[0::2]], "correct": pair_correct(scores),
+                                          "examples_sha": _fingerprint(records)}}
         left_out = f", {r['left_out']} too long for the model left out" if r["left_out"] else ""
         log(f"[probes] {os.path.basename(os.path.abspath(workdir))} {task} zero-shot: accuracy {r['accuracy']:.3f} "
             f"({r['pairs']} pairs{left_out}, {r['wall_s']:.0f} s)")
@@ -234,13 +253,22 @@ def zero_shot(workdir: str, tasks=TASKS, log=print) -> dict[str, dict]:
 def zero_shot_contender(rundir: str, tasks=TASKS, log=print) -> dict[str, dict]:
     """zero_shot of a finished contender, recorded in `<rundir>/summary.json` under "probes" as
     {'<task> (zero-shot)': accuracy} (one report column each) and the details under "zero_shot_results". Tasks
-    recorded there already (same checkpoint: a retrained contender writes a new summary) are not scored again."""
+    recorded there already (same checkpoint: a retrained contender writes a new summary) are not scored again.
+    Each pair's result goes to `<rundir>/zero_shot/<task>.json` ({'pair': ids, 'correct': 1, 0 or 0.5 each,
+    'examples_sha': which pairs}), for the report's paired bootstrap."""
     done = _read(os.path.join(rundir, "summary.json")).get("zero_shot_results", {})
-    if set(tasks) <= set(done):
+    # A task scored by an older version (no per-pair file) is scored again: the numbers are the same, and the
+    # file lets the report test a single seed's difference.
+    todo = [t for t in tasks if t not in done or not os.path.isfile(per_pair_path(rundir, t))]
+    if not todo:
         return {t: done[t] for t in tasks}
-    out = {**done, **zero_shot(rundir, tasks, log=log)}
+    new = zero_shot(rundir, todo, log=log)
+    for task, r in new.items():
+        os.makedirs(os.path.dirname(per_pair_path(rundir, task)), exist_ok=True)
+        _write(per_pair_path(rundir, task), {"task": task, "accuracy": r["accuracy"], **r.pop("per_pair")})
+    out = {**done, **new}
     _record(rundir, {f"{t} (zero-shot)": r["accuracy"] for t, r in out.items()}, "zero_shot_results", out)
-    return out
+    return {t: out[t] for t in tasks}
 
 
 def _record(rundir: str, columns: dict[str, float], key: str, details: dict) -> None:

@@ -2,9 +2,17 @@
 
   python -m experiments.report runs/compare      # rebuild the report of a compare or a sweep from its workdirs
 
-Reads every `<workdir>/*/summary.json` (with config.json, metrics.jsonl and run.json beside it) and the plan.json
-compare/sweep wrote. Losses of different objectives measure different things, so the table names each row's
-objective and the plots (drawn by experiments/plots.py) give each objective its own panel.
+Reads every `<workdir>/*/summary.json` (with config.json, metrics.jsonl, run.json and the zero-shot per-pair files
+beside it) and the plan.json compare/sweep wrote (a run it does not list is left out, and named). Losses of
+different objectives measure different things, so the tables name each row's objective, eval losses are compared
+only within an objective, and the plots (drawn by experiments/plots.py) give each objective its own panel.
+
+report.md leads with the answer: one line per shared yardstick (each probe column; the eval loss of each objective
+that several contenders train) naming the leader, its margin over the runner-up and whether that difference is
+significant (experiments/stats.py: a paired t-test over seeds, or with one seed a paired bootstrap over the zero-shot
+pairs). Then a cost table and a quality table (probe columns in tables of their own when they would make it wider
+than MAX_COLUMNS), mean ± standard error over seeds, the tested pairs, the notes, failures and plots. report.json
+holds every number: rows with `<key>_se` and `<key>_std`, the runs, the lead records and the significance records.
 """
 
 from __future__ import annotations
@@ -18,8 +26,11 @@ import sys
 import jax
 import numpy as np
 
-from experiments import hardware, plots
-from experiments.planning import FAILED_FILE, RUN_FILE, read_plan
+from experiments import hardware, plots, stats
+from experiments.configs import base
+from experiments.planning import FAILED_FILE, PER_PAIR_DIR, RUN_FILE, read_plan
+from experiments.significance import lead, lead_line, significance, significance_table
+from experiments.tables import markdown_table, probe_keys, probe_kind, si, tables
 from train.objectives import TokenObjective
 
 OBJECTIVES = TokenObjective.DESCRIPTIONS  # name -> (short name, what its loss is)
@@ -27,34 +38,8 @@ BPB_OBJECTIVES = TokenObjective.COMPRESSES  # where nats per byte of predicted t
 PLOTS = ("eval_loss_vs_flops.png", "eval_loss_vs_time.png", "throughput.png")
 
 
-def _si(x: float, unit: str = "") -> str:
-    for p, s in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(x) >= s:
-            return f"{x / s:.2f} {p}{unit}"
-    return f"{x:.0f} {unit}".strip()
-
-
-# (key, header, format of one value); probe columns are added per task.
-COLUMNS = [
-    ("group", "contender", str),
-    ("architecture", "architecture: variant", str),
-    ("objective", "objective", str),
-    ("params", "params", lambda x: f"{x:,.0f}"),
-    ("flops_per_token", "train FLOPs/token", lambda x: _si(x)),
-    ("tokens", "tokens seen", lambda x: _si(x)),
-    ("steps", "steps", lambda x: f"{x:.0f}"),
-    ("flops", "train FLOPs", lambda x: f"{x:.3e}"),
-    ("wall_s", "wall (s)", lambda x: f"{x:.0f}"),
-    ("compile_s", "compile (s)", lambda x: f"{x:.1f}"),
-    ("tokens_per_sec", "tokens/s", lambda x: f"{x:,.0f}"),
-    ("mfu", "MFU", lambda x: f"{100 * x:.1f}%" if x >= 0.01 else f"{100 * x:.2g}%"),
-    ("peak_memory_bytes", "peak memory", lambda x: f"{x / 2**20:.0f} MiB"),
-    ("train_loss", "final train loss", lambda x: f"{x:.3f}"),
-    ("eval_loss", "eval loss (own objective)", lambda x: f"{x:.3f}"),
-    ("eval_accuracy", "eval accuracy", lambda x: f"{100 * x:.1f}%"),
-    ("eval_bpb", "eval bits/byte", lambda x: f"{x:.3f}"),
-]
-_TEXT_KEYS = {"group", "architecture", "objective", "name", "arch", "n"}
+_TEXT_KEYS = {"group", "architecture", "objective", "objective_id", "objective_name", "name", "arch", "n",
+              "peak_source", "stopped_by"}
 
 
 def _read(path: str):
@@ -63,8 +48,8 @@ def _read(path: str):
 
 
 def group_of(name: str) -> str:
-    """A sweep run's group: its name without '-seed=S-hash'."""
-    return re.sub(r"-seed=\d+-[0-9a-f]{6}$", "", name)
+    """A run's group: its name without '-seed=S-hash' (a sweep's) or '-seed=S' (a compare contender's seed)."""
+    return re.sub(r"-seed=\d+(-[0-9a-f]{6})?$", "", name)
 
 
 def _metrics_rows(rundir: str, summary: dict) -> list[dict]:
@@ -120,6 +105,28 @@ def describe_model(mc: dict) -> str:
     return f"{blocks}, d {mc['d_model']}, d_ff {mc['d_ff']}, {mc['position']}, {mc['mlp']}"
 
 
+# Objective settings that change what its loss measures: runs that differ in one train different objectives.
+TASK_SETTINGS = {"mlm": ("mask_rate", "whole_word"), "span_corruption": ("noise_density", "mean_span_length")}
+
+
+def objective_of(name: str, config: dict) -> tuple[str, str]:
+    """(objective id, short name) of a run: 'mlm' / 'masked LM' at the defaults of experiments/configs/base.py,
+    'mlm[mask_rate=0.3]' / 'masked LM, mask_rate 0.3' where the run changed a setting of TASK_SETTINGS."""
+    short = OBJECTIVES.get(name, (name,))[0]
+    ran = (config.get("config") or {}).get("objective") or {}
+    default = base.base_config("gpt").objective
+    changed = [(k, ran[k]) for k in TASK_SETTINGS.get(name, ()) if k in ran and ran[k] != default[k]]
+    if not changed:
+        return name, short
+    return (f"{name}[{','.join(f'{k}={v}' for k, v in changed)}]",
+            f"{short}, {', '.join(f'{k} {v}' for k, v in changed)}")
+
+
+def objective_names(groups: list[dict]) -> dict[str, tuple[str, str]]:
+    """{objective id: (short name, what its loss is)} of the groups (panel titles and notes)."""
+    return {g["objective_id"]: (g["objective"], OBJECTIVES.get(g["objective_name"], ("", ""))[1]) for g in groups}
+
+
 def run_row(name: str, summary: dict, config: dict, meta: dict, plan_hw: dict | None = None) -> dict:
     """The numbers of one run (None where a run does not have them)."""
     s = summary
@@ -129,10 +136,11 @@ def run_row(name: str, summary: dict, config: dict, meta: dict, plan_hw: dict | 
     st = s.get("step_time_s")
     ev, tr = s.get("final_eval") or {}, s.get("final_train") or {}
     mc = config.get("model_config")
+    objective_id, objective = objective_of(s["objective"], config)
     row = {
         "name": name, "group": meta.get("group") or group_of(name), "seed": meta.get("seed"), "arch": s["arch"],
         "architecture": s["arch"] + (f": {describe_model(mc)}" if mc else ""),
-        "objective": OBJECTIVES.get(s["objective"], (s["objective"],))[0], "objective_id": s["objective"],
+        "objective": objective, "objective_id": objective_id, "objective_name": s["objective"],
         "params": s["params"], "flops_per_token": fps / tps, "tokens": steps * tps, "steps": steps,
         "flops": steps * fps, "wall_s": s.get("wall_s"), "compile_s": s.get("compile_s"), "loop_s": s.get("loop_s"),
         "train_seconds": steps * st if st else None, "tokens_per_sec": s.get("tokens_per_sec"),
@@ -154,8 +162,25 @@ def run_row(name: str, summary: dict, config: dict, meta: dict, plan_hw: dict | 
     return row
 
 
+def _per_pair(rundir: str, summary: dict) -> dict:
+    """{'probe/<task> (zero-shot)': (pair ids, per-pair results)} from the files experiments/probes.py keeps beside
+    the summary, where they agree with its accuracy (ids are (which pairs, index): equal only for the same pairs)."""
+    out = {}
+    for task, res in (summary.get("zero_shot_results") or {}).items():
+        path = os.path.join(rundir, PER_PAIR_DIR, f"{task}.json")
+        if not os.path.isfile(path):
+            continue
+        rec = _read(path)
+        correct = rec.get("correct") or []
+        if len(correct) == len(rec.get("pair") or []) and correct and \
+                abs(float(np.mean(correct)) - res.get("accuracy", math.nan)) < 1e-9:
+            out[f"probe/{task} (zero-shot)"] = ([(rec.get("examples_sha"), i) for i in rec["pair"]], correct)
+    return out
+
+
 def load(workdir: str) -> tuple[list[dict], dict | None]:
-    """(one row per run with a summary.json, in plan order; with its eval curve), plan.json or None."""
+    """(one row per run with a summary.json, in plan order; with its eval curve and per-example results), plan.json
+    or None. With a plan that lists runs, a run it does not list (another request's) has row['in_plan'] False."""
     plan = read_plan(workdir)
     order = [r["name"] for r in (plan or {}).get("runs", [])]
     names = [d for d in os.listdir(workdir) if os.path.isfile(os.path.join(workdir, d, "summary.json"))]
@@ -169,54 +194,40 @@ def load(workdir: str) -> tuple[list[dict], dict | None]:
         meta = _read(os.path.join(rundir, RUN_FILE)) if os.path.exists(os.path.join(rundir, RUN_FILE)) else {}
         row = run_row(name, summary, config, meta, (plan or {}).get("hardware"))
         row["curve"] = curve(_metrics_rows(rundir, summary), summary["flops_per_step"])
+        row["examples"] = _per_pair(rundir, summary)
+        row["in_plan"] = not order or name in order
         rows.append(row)
     return rows, plan
 
 
 def aggregate(rows: list[dict]) -> list[dict]:
-    """One row per group: numbers as mean, plus `<key>_std` and `n` (seeds); groups in order of appearance."""
+    """One row per group: numbers as mean, plus `<key>_se` (standard error of the mean), `<key>_std` and `n`
+    (seeds; `<key>_n` where fewer runs have the number); groups in order of appearance; 'members' holds the rows."""
     groups: dict[str, list[dict]] = {}
     for r in rows:
         groups.setdefault(r["group"], []).append(r)
     out = []
     for g, rs in groups.items():
         agg = {"group": g, "n": len(rs), "runs": [r["name"] for r in rs], "seeds": [r["seed"] for r in rs]}
-        for key in rs[0]:
-            if key in ("curve", "runs", "seeds", "name", "seed"):
+        for key in dict.fromkeys(k for r in rs for k in r):
+            if key in ("curve", "examples", "in_plan", "runs", "seeds", "name", "seed"):
                 continue
             vals = [r.get(key) for r in rs]
-            if key in _TEXT_KEYS or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
+            present = [v for v in vals if v is not None]  # a probe column a seed's run lacks: the others' mean
+            if key in _TEXT_KEYS or not present or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                           for v in present):
                 agg.setdefault(key, vals[0])
                 continue
-            agg[key] = float(np.mean(vals))
+            if len(present) < len(vals):
+                agg[f"{key}_n"] = len(present)
+            vals = present
+            agg[key] = stats.mean(vals)
             agg[f"{key}_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+            agg[f"{key}_se"] = stats.standard_error(vals) if len(vals) > 1 else None
         agg["curves"] = [r["curve"] for r in rs]
+        agg["members"] = rs
         out.append(agg)
     return out
-
-
-def _cell(row: dict, key: str, fmt) -> str:
-    v = row.get(key)
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
-    text = fmt(v)
-    if row.get("n", 1) > 1 and key not in _TEXT_KEYS and row.get(f"{key}_std"):
-        text += " ± " + fmt(row[f"{key}_std"]).lstrip("+")
-    return text
-
-
-def columns(groups: list[dict]) -> list[tuple]:
-    """COLUMNS plus one 'probe: <task>' column per downstream task any row has."""
-    probes = sorted({k for g in groups for k in g if k.startswith("probe/") and not k.endswith("_std")})
-    seeds = [("n", "seeds", str)] if any(g.get("n", 1) > 1 for g in groups) else []
-    return COLUMNS[:1] + seeds + COLUMNS[1:] + [(k, f"probe: {k[6:]}", lambda x: f"{100 * x:.1f}%") for k in probes]
-
-
-def markdown_table(groups: list[dict]) -> str:
-    cols = columns(groups)
-    lines = ["| " + " | ".join(h for _, h, _ in cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(_cell(g, k, f) for k, _, f in cols) + " |" for g in groups]
-    return "\n".join(lines)
 
 
 def budget_line(plan: dict | None, groups: list[dict]) -> str:
@@ -248,43 +259,61 @@ def _standard_error(groups: list[dict], key: str, unit: str) -> str:
             "differences of less than about two of them are noise.")
 
 
-def notes(groups: list[dict], plan: dict | None) -> list[str]:
-    objs = sorted({g["objective_id"] for g in groups})
-    out = ["**eval loss (own objective)** is the mean cross-entropy in nats per predicted token on the same "
+def notes(groups: list[dict], records: list[dict]) -> list[str]:
+    names = objective_names(groups)
+    out = ["**eval loss** (own objective) is the mean cross-entropy in nats per predicted token on the same "
            "validation batches at every evaluation (eval/nll: without z-loss or a next-sentence term), each row "
            "on its own objective: "
-           + "; ".join(f"{OBJECTIVES.get(o, (o, o))[0]} = {OBJECTIVES.get(o, (o, o))[1]}" for o in objs)
-           + ". These are different tasks: compare losses only between rows with the same objective."]
-    out.append("**eval bits/byte** is given only for " + ", ".join(OBJECTIVES[o][0] for o in BPB_OBJECTIVES)
+           + "; ".join(f"{short} = {meaning}" for short, meaning in sorted(set(names.values())))
+           + ". These are different tasks: compare losses only between rows with the same objective (the lines "
+           "above and the tests do). **train loss** is the last logged training loss, **acc** the eval accuracy "
+           "of the objective's own predictions."]
+    out.append("**bits/byte** (eval) is given only for " + ", ".join(OBJECTIVES[o][0] for o in BPB_OBJECTIVES)
                + ", where it is a compression rate of the validation text; masked-LM and span-corruption "
                "losses cover only the selected tokens, so their bits per byte are not (shown as -).")
-    out.append("**tokens seen** counts token positions the model processes (L per example for GPT/BERT, encoder "
+    out.append("**tokens** counts token positions the model processes (L per example for GPT/BERT, encoder "
                "S + decoder T for T5), also the unit of tokens/s. **train FLOPs** are model FLOPs of matmuls "
-               "(training = 3 x forward, causal attention over the full square; model/flops.py).")
-    src = sorted({(f"{_si(g['peak_flops'], 'FLOP/s')}, " if g.get("peak_flops") else "") + g["peak_source"]
+               "(training = 3 x forward, causal attention over the full square; model/flops.py); report.json "
+               "also has them per token, and the compile time.")
+    src = sorted({(f"{si(g['peak_flops'], 'FLOP/s')}, " if g.get("peak_flops") else "") + g["peak_source"]
                   for g in groups if g.get("peak_source")})
     out.append("**MFU** = train FLOPs per step / median step time / (peak FLOP/s x devices); peak: "
                + "; ".join(src) + " (a CPU peak measured while other work shares the cores is low, and MFU "
                "relative to it high). **wall** is the whole run (data, compile, evaluations, checkpoints) of its "
-               "last invocation; **peak memory** is the allocator's high-water mark on GPU/TPU and XLA's memory "
-               "analysis of the compiled step on CPU.")
-    probe_keys = {k for g in groups for k in g if k.startswith("probe/")}
-    if any(k.endswith("(zero-shot)") for k in probe_keys):
-        out.append("**probe: <task> (zero-shot)** is the share of the probe's evaluation pairs (data/probes.py: "
-                   "intact text vs two adjacent words swapped; a with its own continuation vs another text's) in "
-                   "which the pretrained model, with no training, scores the true member higher: GPT by "
-                   "log-likelihood, BERT and T5 by pseudo-log-likelihood (each token masked in turn), "
-                   "next_sentence by how much a raises the score of b (experiments/probes.py). Chance is 50%."
+               "last invocation; **memory** is the peak: the allocator's high-water mark on GPU/TPU and XLA's "
+               "memory analysis of the compiled step on CPU.")
+    keys = probe_keys(groups)
+    if any(probe_kind(k) == " (zero-shot)" for k in keys):
+        out.append("**<task> 0-shot** (probe: <task> (zero-shot) above) is the share of the probe's evaluation "
+                   "pairs (data/probes.py: intact text vs two adjacent words swapped; a with its own continuation "
+                   "vs another text's) in which the pretrained model, with no training, scores the true member "
+                   "higher: GPT by log-likelihood, BERT and T5 by pseudo-log-likelihood (each token masked in "
+                   "turn), next_sentence by how much a raises the score of b (experiments/probes.py). Chance is 50%."
                    + _standard_error(groups, "zero_shot_pairs", "pairs"))
-    if any(not k.endswith("(zero-shot)") for k in probe_keys):
-        out.append("**probe: <task>** is the evaluation accuracy after fine-tuning the pretrained model with one "
-                   "recipe for all (experiments/configs/finetune.py); **(random init)** the same model and recipe "
-                   "from a random initialisation. Chance is 50%." + _standard_error(groups, "probe_examples",
-                                                                                    "examples"))
+    if any(probe_kind(k) != " (zero-shot)" for k in keys):
+        out.append("**<task>** (probe: <task>) is the evaluation accuracy after fine-tuning the pretrained model "
+                   "with one recipe for all (experiments/configs/finetune.py); **<task> rand-init** (probe: <task> "
+                   "(random init)) the same model and recipe from a random initialisation. Chance is 50%."
+                   + _standard_error(groups, "probe_examples", "examples"))
     if any(g.get("resumed") for g in groups):
         out.append("Some runs were resumed: their wall and compile times cover the last invocation only.")
     if any(g.get("n", 1) > 1 for g in groups):
-        out.append("Rows with several seeds show mean ± standard deviation over seeds.")
+        out.append("Rows with several seeds (**seeds**) show the mean over seeds ± one standard error of the mean "
+                   "(standard deviation with ddof=1 / sqrt(seeds)) in the quality and probe columns, the mean alone "
+                   "in the cost columns; report.json has the standard deviations too.")
+    if len(groups) > 1:
+        out.append(
+            "**Significance** (p < 0.05, two-sided) of the difference between two contenders on one shared column: "
+            "with 2 or more seeds in common, a paired t-test over seeds (a pair = the same seed: the same "
+            "initialisation seed and the same batches; exact Student-t distribution, experiments/stats.py); with one "
+            f"seed, the zero-shot columns by a paired bootstrap over their evaluation pairs ({stats.RESAMPLES:,} "
+            "resamples with a fixed seed, both contenders' results on the same pairs drawn together), which measures "
+            "evaluation noise only, not the spread between training seeds. The fine-tuned probes and the losses keep "
+            "no per-example results: with one seed they get no test; run --seeds=N with N >= 2 (3 or more advised). "
+            "Each p-value is for one pair on one column, not corrected for multiple comparisons: of many pairs, some "
+            "fall below 0.05 by chance.")
+    if any(r["method"] is None and r["n"] == 1 for r in records):
+        out.append("With one seed some differences above were not tested (marked 'one seed: no test').")
     return out
 
 
@@ -292,7 +321,7 @@ def _peak_label(groups: list[dict]) -> str:
     """What the MFU of every group is relative to ('2.70 TFLOP/s x 1 device'); 'peak' when the groups differ."""
     peaks = {(g.get("peak_flops"), g.get("n_devices")) for g in groups}
     peak, n_dev = next(iter(peaks)) if len(peaks) == 1 else (None, None)
-    return f"{_si(peak, 'FLOP/s')} x {int(n_dev)} device{'s' if n_dev > 1 else ''}" if peak else "peak"
+    return f"{si(peak, 'FLOP/s')} x {int(n_dev)} device{'s' if n_dev > 1 else ''}" if peak else "peak"
 
 
 def _clean(x):
@@ -317,34 +346,60 @@ def failures(workdir: str) -> list[dict]:
 
 
 def build(workdir: str) -> str:
-    """Writes report.md, report.json and the plots into `workdir`; returns the markdown table with its header."""
+    """Writes report.md, report.json and the plots into `workdir`; returns the report's lead lines and tables."""
     rows, plan = load(workdir)
+    left_out = [r["name"] for r in rows if not r["in_plan"]]
+    rows = [r for r in rows if r["in_plan"]]
     if not rows:
         raise FileNotFoundError(f"{workdir}: no run with a summary.json in its subdirectories")
     groups = aggregate(rows)
+    records = significance(groups)
+    leads = lead(groups, records)
     head = [f"# Triad {(plan or {}).get('kind', 'runs')}: {workdir}", ""]
+    head += [lead_line(r) for r in leads]
+    objectives = list(dict.fromkeys(g["objective"] for g in groups))
+    if len(groups) > 1 and not any(r["key"] == "eval_loss" for r in leads):
+        head.append(f"- **eval loss**: each contender has its own objective ({', '.join(objectives)}): their losses "
+                    "measure different tasks and do not compare")
+    if len(groups) == 1:
+        head.append(f"- One contender ({groups[0]['group']}): nothing to compare.")
+    head += [""]
     if plan and plan.get("description"):
         head += [plan["description"], ""]
     head += [budget_line(plan, groups), ""]
-    table = markdown_table(groups)
+    layout = tables(groups)
+    body = list(head)
+    for title, cols in layout:
+        body += [f"## {title}", "", markdown_table(groups, cols), ""]
+    body += significance_table(records)
+    shown = body[2:]
+    body += ["## Notes", ""] + [f"- {n}" for n in notes(groups, records)] + [""]
     failed = failures(workdir)
-    body = head + [table, ""] + [f"- {n}" for n in notes(groups, plan)] + [""]
     if failed:
-        body += ["Runs that diverged (not in the table):", ""]
+        body += ["Runs that diverged (not in the tables):", ""]
         body += [f"- {f['name']}: {f['error']}" for f in failed] + [""]
+    if left_out:
+        body += [f"Runs in {workdir} that plan.json does not list (another request's), left out: "
+                 + ", ".join(left_out), ""]
     body += [f"![{p[:-4]}]({p})" for p in PLOTS]
     with open(os.path.join(workdir, "report.md"), "w") as f:
         f.write("\n".join(body) + "\n")
-    plots.plot_loss(groups, "flops", os.path.join(workdir, PLOTS[0]), OBJECTIVES)
-    plots.plot_loss(groups, "seconds", os.path.join(workdir, PLOTS[1]), OBJECTIVES)
+    plots.plot_loss(groups, "flops", os.path.join(workdir, PLOTS[0]), objective_names(groups))
+    plots.plot_loss(groups, "seconds", os.path.join(workdir, PLOTS[1]), objective_names(groups))
     plots.plot_throughput(groups, os.path.join(workdir, PLOTS[2]), _peak_label(groups))
+    columns = list({c[0]: [c[0], c[1]] for _, cols in layout for c in cols}.values())
     record = {"workdir": workdir, "kind": (plan or {}).get("kind"), "budget": (plan or {}).get("budget"),
-              "hardware": (plan or {}).get("hardware"), "columns": [[k, h] for k, h, _ in columns(groups)],
-              "rows": [{k: v for k, v in g.items() if k != "curves"} for g in groups],
-              "runs": rows, "failed": failed, "plots": list(PLOTS)}
+              "hardware": (plan or {}).get("hardware"), "columns": columns,
+              "tables": [{"title": t, "columns": [[c[0], c[1]] for c in cols]} for t, cols in layout],
+              "rows": [{k: v for k, v in g.items() if k not in ("curves", "members")} for g in groups],
+              "lead": [{k: v for k, v in r.items() if k != "test"} | {"line": lead_line(r)} for r in leads],
+              "significance": records, "alpha": stats.ALPHA,
+              "runs": [{k: v for k, v in r.items() if k != "examples"} | {"per_example": sorted(r["examples"])}
+                       for r in rows],
+              "failed": failed, "left_out": left_out, "plots": list(PLOTS)}
     with open(os.path.join(workdir, "report.json"), "w") as f:
         json.dump(_clean(record), f, indent=2, default=str)
-    return "\n".join(head[2:] + [table])
+    return "\n".join(shown).rstrip()
 
 
 def main(argv: list[str]) -> None:

@@ -3,6 +3,7 @@
   python -m experiments.sweep --sweep=experiments/ablations/position.py --workdir=runs/pos
   python -m experiments.sweep --sweep=experiments/ablations/mlp.py --workdir=runs/mlp --steps=50 --dry_run
   python -m experiments.sweep --sweep=... --workdir=... --budget_flops=2e12 --config.train.batch_size=8
+  python -m experiments.sweep --sweep=experiments/ablations/position.py --workdir=runs/pos3 --seeds=3
 
 An ablation file defines `get_sweep()` returning a dict:
   config  config file and variant, '{arch}' filled in from the grid: 'experiments/configs/{arch}.py:tiny'
@@ -11,7 +12,8 @@ An ablation file defines `get_sweep()` returning a dict:
             'arch'              -> ['gpt', 'bert', 't5'] (picks the config file)
             a config path       -> values of that field: 'model.position': ['rope', 'alibi']
             any other label     -> {value label: {config path: value, ...}}: a named setting of several fields
-  seeds   [0, 1, ...] (sets config.seed); runs that differ only in seed are aggregated (mean and spread)
+  seeds   [0, 1, ...] (sets config.seed); runs that differ only in seed are aggregated (mean ± standard error,
+          and paired t-tests between points, pairs = the same seed); `--seeds=N` replaces the list by 0 .. N-1
   exclude (optional) [{axis: value label, ...}]: points matching every item are skipped
 
 A run's workdir is `<workdir>/<arch>-<axis>=<value>-...-seed=<s>-<hash>`, hash = 6 hex digits of the resolved config,
@@ -63,9 +65,13 @@ def load_sweep(path: str) -> dict:
     return sweep
 
 
-def expand(sweep: dict, cli_overrides: dict[str, Any] | None = None) -> list[Run]:
-    """The runs of a sweep dict (see the module docstring), in grid order, seeds innermost."""
-    grid, seeds = sweep["grid"], sweep.get("seeds", [0])
+def expand(sweep: dict, cli_overrides: dict[str, Any] | None = None, seeds: int = 0) -> list[Run]:
+    """The runs of a sweep dict (see the module docstring), in grid order, seeds innermost; seeds > 0: seeds 0 ..
+    seeds-1 instead of the sweep's list."""
+    if seeds < 0:
+        raise SweepError(f"--seeds={seeds}: give N >= 1 (seeds 0 .. N-1) or 0 for the sweep file's seeds list")
+    grid = sweep["grid"]
+    seeds = list(range(seeds)) if seeds else sweep.get("seeds", [0])
     axes = []  # (axis name, [(label, overrides), ...])
     for axis, values in grid.items():
         if axis == "arch":
@@ -143,10 +149,11 @@ def cli_overrides(fv) -> dict[str, Any]:
 
 
 def run_sweep(sweep_path: str, workdir: str, budget: tuple[str, float] | None, evals: int,
-              overrides: dict[str, Any], dry_run: bool, log=print) -> list[Run]:
-    """Plans (and unless dry_run trains) every run of an ablation file, then writes the report."""
+              overrides: dict[str, Any], dry_run: bool, log=print, seeds: int = 0) -> list[Run]:
+    """Plans (and unless dry_run trains) every run of an ablation file, then writes the report; seeds > 0 replaces
+    the file's seeds list by 0 .. seeds-1."""
     sweep = load_sweep(sweep_path)
-    runs = expand(sweep, overrides)
+    runs = expand(sweep, overrides, seeds)
     if budget is not None:
         if dry_run and budget[0] == "seconds":
             raise SweepError("--budget_seconds measures step times on this machine: not with --dry_run")
@@ -175,10 +182,13 @@ def main(argv: list[str]) -> None:
     with errors.one_line():
         if not fv.sweep or not fv.workdir:
             raise SweepError("--sweep=experiments/ablations/<name>.py and --workdir=<dir> are required")
-        run_sweep(fv.sweep, fv.workdir, budget_from_flags(fv), fv.evals, cli_overrides(fv), fv.dry_run)
+        run_sweep(fv.sweep, fv.workdir, budget_from_flags(fv), fv.evals, cli_overrides(fv), fv.dry_run,
+                  seeds=fv.seeds)
 
 
 if __name__ == "__main__":
     flags.DEFINE_string("sweep", None, "Ablation file defining get_sweep(), e.g. experiments/ablations/position.py.")
+    flags.DEFINE_integer("seeds", 0, "Seeds per point: N = config.seed 0 .. N-1 (3 or more for the report to test "
+                         "the differences); 0 = the sweep file's seeds list.")
     define_budget_flags(flags.FLAGS)
     sys.exit(errors.run_app(main))

@@ -7,14 +7,17 @@ import re
 import shlex
 import types
 
+import numpy as np
 import pytest
 from absl import flags
 from ml_collections import config_flags
 
 from experiments import compare, hardware, planning, report, suites, sweep
+from experiments import tables as report_tables
 from tests import helpers
 
-ABLATIONS = ["position", "norm", "mlp", "attention", "size", "nsp"]
+ABLATIONS = sorted(f[:-3] for f in os.listdir(os.path.join(helpers.ROOT, "experiments", "ablations"))
+                   if f.endswith(".py") and not f.startswith("_"))
 
 
 # ---------------------------------------------------------------------------------------------- suites, budgets
@@ -242,9 +245,17 @@ def test_compare_fine_tunes_every_contender_on_the_probes_with_a_random_init_bas
     assert ft_config["init_from"] == str(work / "gpt") and ft_config["task"]["pooling"] == "max"
     base_config = json.loads((work / "gpt" / "probes" / "random_init" / "word_order" / "config.json").read_text())
     assert base_config["config"]["init_from"] == "" and base_config["config"]["task"]["model_from"] == str(work / "gpt")
+    for task, r in zero.items():  # each pair's result kept for the report's bootstrap, agreeing with the summary
+        per_pair = json.loads((work / "gpt" / planning.PER_PAIR_DIR / f"{task}.json").read_text())
+        assert len(per_pair["pair"]) == len(per_pair["correct"]) == r["pairs"] and "per_pair" not in r
+        assert sum(per_pair["correct"]) / r["pairs"] == pytest.approx(r["accuracy"])
+        assert set(per_pair["correct"]) <= {0.0, 0.5, 1.0} and len(per_pair["examples_sha"]) == 12
     report_md = (work / "report.md").read_text()
-    assert "probe: word_order |" in report_md and "probe: word_order (random init)" in report_md
-    assert "probe: next_sentence (zero-shot)" in report_md and "**probe: <task> (zero-shot)**" in report_md
+    assert "| word_order | word_order rand-init | word_order 0-shot |" in report_md
+    assert "- **probe: next_sentence (zero-shot)**: only gpt has it: " in report_md
+    assert "**<task> 0-shot** (probe: <task> (zero-shot) above)" in report_md
+    runs_json = json.loads((work / "report.json").read_text())["runs"]
+    assert runs_json[0]["per_example"] == ["probe/next_sentence (zero-shot)", "probe/word_order (zero-shot)"]
     metrics = work / "gpt" / "probes" / "word_order" / "metrics.jsonl"
     before = metrics.stat().st_mtime_ns
     logs = []
@@ -258,13 +269,50 @@ def test_compare_fine_tunes_every_contender_on_the_probes_with_a_random_init_bas
                                                   r"task.train_pairs: 4 -> 5.*delete"):
         compare.compare(str(work), str(suite), probe_overrides={**quick, "task.train_pairs": 5}, log=logs.append)
     assert metrics.stat().st_mtime_ns == before and (work / "plan.json").stat().st_mtime_ns == plan_time
+    # A contender scored zero-shot by an older version (no per-pair file) is scored again for that task alone.
+    os.remove(work / "gpt" / planning.PER_PAIR_DIR / "word_order.json")
+    logs.clear()
+    compare.compare(str(work), str(suite), probe_overrides=quick, log=logs.append)
+    assert [m.split(":")[0] for m in logs if "zero-shot" in m] == ["[probes] gpt word_order zero-shot"]
+    assert (work / "gpt" / planning.PER_PAIR_DIR / "word_order.json").is_file()
+    assert json.loads((work / "gpt" / "summary.json").read_text())["zero_shot_results"]["word_order"][
+        "accuracy"] == zero["word_order"]["accuracy"]
+
+
+@pytest.mark.slow
+def test_compare_with_two_seeds_trains_probes_and_tests_each_seed(tmp_path):
+    suite = tmp_path / "seed_suite.py"
+    overrides = {**_tiny_base(tmp_path), "model.max_len": 96}
+    contenders = {n: dict(config="experiments/configs/gpt.py:tiny", overrides={**overrides, "train.learning_rate": lr})
+                  for n, lr in (("gpt", 3e-3), ("gpt-slow", 3e-4))}
+    suite.write_text(f"def get_suite():\n    return dict(description='seeds', contenders={contenders!r}, "
+                     f"budget=('steps', 4), param_tolerance=0.05, evals=1, probes=('word_order',), "
+                     f"zero_shot=('word_order',))\n")
+    work = tmp_path / "runs"
+    quick = {"train.steps": 4, "train.eval_every": 4, "train.batch_size": 8}
+    runs = compare.compare(str(work), str(suite), probe_overrides=quick, seeds=2, log=lambda m: None)
+    assert [r.name for r in runs] == ["gpt-seed=0", "gpt-slow-seed=0", "gpt-seed=1", "gpt-slow-seed=1"]
+    for r in runs:
+        assert json.loads((work / r.name / "run.json").read_text())["seed"] == r.seed
+        ft = json.loads((work / r.name / "probes" / "word_order" / "config.json").read_text())["config"]
+        assert ft["seed"] == r.seed and ft["task"]["seed"] == 0  # fine-tuned with the run's seed, same probe data
+        assert (work / r.name / planning.PER_PAIR_DIR / "word_order.json").is_file()
+    plan = json.loads((work / "plan.json").read_text())
+    assert plan["seeds"] == 2 and [r["name"] for r in plan["runs"]] == [r.name for r in runs]
+    md = (work / "report.md").read_text()
+    assert "paired t-test over 2 seeds" in md and "## Significance of the differences" in md
+    logs = []
+    compare.compare(str(work), str(suite), probe_overrides=quick, seeds=2, log=logs.append)  # all finished
+    assert sum("finished earlier, skipped" in m for m in logs) == 4 and not any("starting" in m for m in logs)
 
 
 # ---------------------------------------------------------------------------------------------- report
 
 
-def _fake_run(workdir, name, arch, objective, *, seed=0, eval_loss=4.0, probes=None, group=None, extra_loss=0.0):
-    """extra_loss: what eval/loss adds to eval/nll (an auxiliary term such as NSP's)."""
+def _fake_run(workdir, name, arch, objective, *, seed=0, eval_loss=4.0, probes=None, group=None, extra_loss=0.0,
+              zero_shot=None):
+    """extra_loss: what eval/loss adds to eval/nll (an auxiliary term such as NSP's); zero_shot: {task: each pair's
+    result}, kept as experiments/probes.py keeps them (summary columns and <run>/zero_shot/<task>.json)."""
     fps, tps, steps, st = 4.0e10, 4096, 40, 0.5
     train = [{"step": s, "train/loss": 6.0 - s / 20, **({"perf/step_time": st} if s > 10 else {})}
              for s in (10, 20, 30, 40)]
@@ -278,8 +326,12 @@ def _fake_run(workdir, name, arch, objective, *, seed=0, eval_loss=4.0, probes=N
                               "eval/bits_per_byte": 1.7},
                "history": {"train": train, "eval": evals}}
     if probes:
-        summary["probes"] = probes
+        summary["probes"] = dict(probes)
         summary["probe_results"] = {"pretrained": {t: {"accuracy": a, "examples": 400} for t, a in probes.items()}}
+    for task, correct in (zero_shot or {}).items():
+        summary.setdefault("probes", {})[f"{task} (zero-shot)"] = sum(correct) / len(correct)
+        summary.setdefault("zero_shot_results", {})[task] = {"accuracy": sum(correct) / len(correct),
+                                                             "pairs": len(correct)}
     model = {"arch": arch, "n_layers": 4 if arch != "t5" else 2, "n_decoder_layers": 2 if arch == "t5" else 0,
              "d_model": 128, "d_ff": 512, "position": "rope", "mlp": "gelu", "dtype": "float32"}
     d = os.path.join(workdir, name)
@@ -290,7 +342,23 @@ def _fake_run(workdir, name, arch, objective, *, seed=0, eval_loss=4.0, probes=N
                                         "devices": {"backend": "gpu", "count": 1, "kind": "NVIDIA H100 80GB HBM3"}})]:
         with open(os.path.join(d, fname), "w") as f:
             json.dump(obj, f)
+    for task, correct in (zero_shot or {}).items():
+        os.makedirs(os.path.join(d, planning.PER_PAIR_DIR), exist_ok=True)
+        with open(os.path.join(d, planning.PER_PAIR_DIR, f"{task}.json"), "w") as f:
+            json.dump({"task": task, "accuracy": sum(correct) / len(correct), "pair": list(range(len(correct))),
+                       "correct": correct, "examples_sha": "0123456789ab"}, f)
     return summary
+
+
+def _tables(md: str) -> dict[str, list[list[str]]]:
+    """{section title: rows of cells, the header first (no separator line)} of every markdown table in a report."""
+    out, title = {}, None
+    for line in md.splitlines():
+        if line.startswith("## "):
+            title = line[3:]
+        elif line.startswith("| ") and title:
+            out.setdefault(title, []).append([c.strip() for c in line.strip("|").split(" | ")])
+    return out
 
 
 def test_report_from_synthetic_summaries(tmp_path):
@@ -303,18 +371,25 @@ def test_report_from_synthetic_summaries(tmp_path):
                             "runs": [{"name": n} for n in ("bert", "gpt", "t5-seed=0", "t5-seed=1")]})
     text = report.build(w)
     md = open(os.path.join(w, "report.md")).read()
-    assert text in md
-    header = md.split("\n| ")[1]
-    for col in ["contender", "objective", "params", "train FLOPs/token", "tokens seen", "steps", "wall (s)",
-                "compile (s)", "tokens/s", "MFU", "peak memory", "final train loss", "eval loss (own objective)",
-                "eval accuracy", "eval bits/byte", "probe: sst2"]:
-        assert col in header, col
-    rows = {line.split(" | ")[0][2:]: line for line in md.splitlines() if line.startswith("| ") and "---" not in line}
-    assert "masked LM" in rows["bert"] and "causal LM" in rows["gpt"] and "span corruption" in rows["t5"]
-    assert "| 1.700 |" in rows["gpt"] and "| 1.700 |" not in rows["bert"]  # bits/byte only for causal LM
-    assert "75.0%" in rows["gpt"] and "3.100 ± 0.141" in rows["t5"]  # probe column; seeds aggregated
+    assert text in md and md.index("- **probe: sst2**: only gpt has it: 75.0%") < md.index("## Cost")
+    assert "- **eval loss**: each contender has its own objective (masked LM, causal LM, span corruption)" in md
+    tables = _tables(md)
+    assert list(tables) == ["Cost", "Quality (mean ± standard error over seeds)"]
+    cost, quality = tables["Cost"], tables["Quality (mean ± standard error over seeds)"]
+    assert cost[0] == ["contender", "architecture", "params", "train FLOPs", "steps", "tokens", "wall (s)",
+                       "tokens/s", "MFU", "memory"]
+    assert quality[0] == ["contender", "seeds", "objective", "train loss", "eval loss", "acc", "bits/byte", "sst2"]
+    assert all(len(r) == len(t[0]) <= report_tables.MAX_COLUMNS for t in tables.values() for r in t)
+    rows = {r[0]: dict(zip(quality[0], r, strict=True)) for r in quality[1:]}
+    assert rows["bert"]["objective"] == "masked LM" and rows["gpt"]["objective"] == "causal LM"
+    assert rows["t5"]["objective"] == "span corruption"
+    assert rows["gpt"]["bits/byte"] == "1.700" and rows["bert"]["bits/byte"] == "-"  # bits/byte only for causal LM
+    assert rows["gpt"]["sst2"] == "75.0%"  # probe column
+    # Seeds aggregated: 3.0 and 3.2 -> mean 3.1 ± SE 0.1 (std / sqrt(2); the std would be 0.141).
+    assert rows["t5"]["eval loss"] == "3.100 ± 0.100" and rows["t5"]["seeds"] == "2"
     assert "different tasks" in md and "Matched: **training FLOPs" in md and "deviation" in md
     assert "near 50% on 400 examples is 2.5 points" in md  # 50 / sqrt(400)
+    assert "## Significance" not in md  # nothing shared was tested: one seed, no per-example results
 
     rec = json.loads(open(os.path.join(w, "report.json")).read())
     by_group = {r["group"]: r for r in rec["rows"]}
@@ -323,13 +398,206 @@ def test_report_from_synthetic_summaries(tmp_path):
     assert by_group["gpt"]["mfu"] == pytest.approx(want_mfu)
     assert by_group["gpt"]["flops"] == 40 * 4.0e10 and by_group["gpt"]["tokens"] == 40 * 4096
     assert by_group["bert"]["eval_bpb"] is None and by_group["gpt"]["probe/sst2"] == 0.75
-    assert by_group["bert"]["eval_loss"] == 5.0 and "| 5.000 |" in rows["bert"]  # eval/nll, not eval/loss (5.69)
+    assert by_group["t5"]["eval_loss_se"] == pytest.approx(0.1) and by_group["t5"]["eval_loss_std"] == pytest.approx(
+        0.2 / 2 ** 0.5)
+    assert by_group["bert"]["eval_loss"] == 5.0 and rows["bert"]["eval loss"] == "5.000"  # eval/nll, not eval/loss
+    assert rec["significance"] == [] and rec["lead"][0]["leader"] == "gpt"
     assert report.curve(b["history"]["train"] + b["history"]["eval"], 1.0)["loss"] == [6.0, 5.0]  # plots too
     for png in report.PLOTS:
         with open(os.path.join(w, png), "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     # Time axis: steps x measured step time (the untimed first window at the median).
     assert report.curve(s["history"]["train"] + s["history"]["eval"], 1.0)["seconds"] == [10.0, 20.0]
+
+
+def _correct(n_right: int, n: int = 100) -> list[float]:
+    return [1.0] * n_right + [0.0] * (n - n_right)
+
+
+def _p_two_df(differences) -> float:
+    """Two-sided p of a paired t-test over 3 seeds by hand: t = mean / (sd / sqrt 3), and for 2 degrees of freedom
+    P(|T| >= t) = 1 - t / sqrt(2 + t^2)."""
+    d = np.asarray(differences)
+    t = abs(d.mean() / (d.std(ddof=1) / np.sqrt(len(d))))
+    return 1 - t / np.sqrt(2 + t * t)
+
+
+def test_report_leads_with_the_answer_over_three_seeds(tmp_path):
+    """3 seeds x 2 contenders of one objective: the lead lines name the leader, its margin and whether it is
+    significant by a paired t-test; the tables stay narrow; a run plan.json does not list is left out."""
+    w = str(tmp_path)
+    numbers = {  # per seed 0, 1, 2
+        "gpt": dict(loss=[4.00, 4.10, 4.20], wo=[0.71, 0.73, 0.72], wo_rand=[0.55, 0.56, 0.54],
+                    ns=[0.58, 0.60, 0.59], wo_zero=[90, 92, 91], ns_zero=[60, 55, 58]),
+        "gpt-alibi": dict(loss=[3.95, 4.06, 4.14], wo=[0.66, 0.69, 0.67], wo_rand=[0.57, 0.55, 0.56],
+                          ns=[0.58, 0.61, 0.57], wo_zero=[80, 85, 83], ns_zero=[57, 59, 56]),
+    }
+    names = []
+    for seed in range(3):
+        for group, v in numbers.items():
+            name = compare.seed_name(group, seed)
+            names.append(name)
+            _fake_run(w, name, "gpt", "causal_lm", seed=seed, group=group, eval_loss=v["loss"][seed],
+                      probes={"word_order": v["wo"][seed], "word_order (random init)": v["wo_rand"][seed],
+                              "next_sentence": v["ns"][seed]},
+                      zero_shot={"word_order": _correct(v["wo_zero"][seed]),
+                                 "next_sentence": _correct(v["ns_zero"][seed])})
+    _fake_run(w, "gpt", "gpt", "causal_lm", eval_loss=1.0)  # a --seeds=1 run of the same workdir: not planned now
+    planning.write_plan(w, {"kind": "compare", "budget": {"kind": "steps", "value": 40},
+                            "runs": [{"name": n} for n in names]})
+    text = report.build(w)
+    md = open(os.path.join(w, "report.md")).read()
+    assert text in md
+    leads = [line for line in md.split("## Cost")[0].splitlines() if line.startswith("- **")]
+    assert [line.split("**")[1] for line in leads] == [
+        "probe: next_sentence", "probe: word_order", "probe: next_sentence (zero-shot)",
+        "probe: word_order (zero-shot)", "probe: word_order (random init)", "eval loss, causal LM"]
+    g, a = numbers["gpt"], numbers["gpt-alibi"]
+    p_wo = _p_two_df(np.subtract(g["wo"], a["wo"]))  # d = 0.05, 0.04, 0.05: t = 14.0, p = 0.005
+    assert leads[1] == (f"- **probe: word_order**: gpt leads with 72.0% ± 0.6, +4.7 points over gpt-alibi (paired "
+                        f"t-test over 3 seeds, p = {p_wo:.3f}: significant)")
+    # Zero-shot next_sentence: 57.7% vs 57.3%, d = +3, -4, +2 points: no significant difference.
+    p_ns = _p_two_df(np.subtract(g["ns_zero"], a["ns_zero"]) / 100)
+    assert p_ns > 0.5 and leads[2] == (
+        f"- **probe: next_sentence (zero-shot)**: gpt leads with 57.7% ± 1.5, +0.3 points over gpt-alibi (paired "
+        f"t-test over 3 seeds, p = {p_ns:.3f}: not significant)")
+    # Lower loss leads: gpt-alibi by 0.05 on every seed but one (d = 0.05, 0.04, 0.06: t = 8.66, p = 0.013).
+    p_loss = _p_two_df(np.subtract(g["loss"], a["loss"]))
+    assert leads[5] == (f"- **eval loss, causal LM**: gpt-alibi leads with 4.050 ± 0.055, 0.050 lower than gpt "
+                        f"(paired t-test over 3 seeds, p = {p_loss:.3f}: significant)")
+    assert p_loss == pytest.approx(0.0131, abs=1e-4)
+
+    tables = _tables(md)
+    spread = " (mean ± standard error over seeds)"
+    assert list(tables) == ["Cost", f"Quality{spread}", f"Probes: accuracy{spread}",
+                            "Significance of the differences"]
+    assert [len(t[0]) for t in tables.values()] == [10, 7, 6, 7]  # 7 + 5 probe columns would be 12 > 10
+    assert all(len(r) == len(t[0]) for t in tables.values() for r in t)
+    assert tables[f"Probes: accuracy{spread}"][0] == [
+        "contender", "next_sentence", "next_sentence 0-shot", "word_order", "word_order rand-init",
+        "word_order 0-shot"]
+    quality = {r[0]: r for r in tables[f"Quality{spread}"][1:]}
+    assert quality["gpt"][1] == "3" and quality["gpt"][4] == "4.100 ± 0.058"  # SE = 0.1 / sqrt(3), not std 0.1
+    sig = tables["Significance of the differences"]
+    assert sig[0] == ["yardstick", "better", "worse", "difference", "p", "p < 0.05", "test"]
+    assert ["probe: word_order", "gpt", "gpt-alibi", "+4.7 points", f"{p_wo:.3f}", "yes", "t-test, 3 seeds"] in sig
+    assert ["eval loss, causal LM", "gpt-alibi", "gpt", "-0.050", f"{p_loss:.3f}", "yes", "t-test, 3 seeds"] in sig
+    assert "Runs in " in md and "left out: gpt" in md  # the stray single-seed run
+
+    rec = json.loads(open(os.path.join(w, "report.json")).read())
+    assert [r["group"] for r in rec["rows"]] == ["gpt", "gpt-alibi"] and rec["rows"][0]["seeds"] == [0, 1, 2]
+    assert rec["rows"][0]["eval_loss_se"] == pytest.approx(0.1 / np.sqrt(3))
+    assert rec["left_out"] == ["gpt"] and len(rec["runs"]) == 6
+    by = {(r["yardstick"], r["better"]): r for r in rec["significance"]}
+    wo = by[("probe: word_order", "gpt")]
+    assert wo["method"] == "paired t-test" and wo["n"] == 3 and wo["p"] == pytest.approx(p_wo) and wo["significant"]
+    assert wo["difference"] == pytest.approx(0.04667, abs=1e-5) and wo["seeds"] == [0, 1, 2]
+    assert [t["title"] for t in rec["tables"]] == list(tables)[:3]
+
+
+def test_report_one_seed_bootstraps_the_zero_shot_columns_and_tests_nothing_else(tmp_path):
+    w = str(tmp_path)
+    # word_order zero-shot: gpt right on pairs 0-69, t5 on 0-59: they differ on 10 pairs of 100, all for gpt.
+    _fake_run(w, "gpt", "gpt", "causal_lm", probes={"word_order": 0.75},
+              zero_shot={"word_order": _correct(70), "next_sentence": _correct(55)})
+    _fake_run(w, "t5", "t5", "span_corruption", probes={"word_order": 0.70},
+              zero_shot={"word_order": _correct(60), "next_sentence": _correct(55)})
+    report.build(w)
+    md = open(os.path.join(w, "report.md")).read()
+    leads = {line.split("**")[1]: line for line in md.split("## Cost")[0].splitlines() if line.startswith("- **")}
+    assert leads["probe: word_order"] == (
+        "- **probe: word_order**: gpt leads with 75.0%, +5.0 points over t5 (one seed: no test; --seeds=N, N >= 2 "
+        "(3 or more advised), for a paired t-test)")
+    assert re.fullmatch(r"- \*\*probe: word_order \(zero-shot\)\*\*: gpt leads with 70\.0%, \+10\.0 points over t5 "
+                        r"\(paired bootstrap over 100 pairs, 10,000 resamples, p = 0\.00\d: significant\)",
+                        leads["probe: word_order (zero-shot)"])
+    # The same results on the same pairs: p = 1.
+    assert leads["probe: next_sentence (zero-shot)"] == (
+        "- **probe: next_sentence (zero-shot)**: gpt and t5 tie at 55.0% (paired bootstrap over 100 pairs, 10,000 "
+        "resamples, p = 1.000: not significant)")
+    assert "With one seed some differences above were not tested" in md
+    sig = _tables(md)["Significance of the differences"]
+    assert len(sig) == 3 and all(r[-1] == "bootstrap, 100 pairs" for r in sig[1:])
+    # A per-pair file that does not match the summary (left from an earlier checkpoint) is not used.
+    path = os.path.join(w, "t5", planning.PER_PAIR_DIR, "word_order.json")
+    with open(path) as f:
+        stale = json.load(f)
+    with open(path, "w") as f:
+        json.dump({**stale, "correct": _correct(50)}, f)
+    report.build(w)
+    rec = json.loads(open(os.path.join(w, "report.json")).read())
+    zero = next(r for r in rec["significance"] if r["yardstick"] == "probe: word_order (zero-shot)")
+    assert zero["method"] is None and zero["p"] is None
+    assert [r["per_example"] for r in rec["runs"]] == [
+        ["probe/next_sentence (zero-shot)", "probe/word_order (zero-shot)"], ["probe/next_sentence (zero-shot)"]]
+
+
+def test_aggregate_averages_the_seeds_that_have_a_number():
+    rows = [{"name": f"g-seed={s}", "group": "g", "seed": s, "curve": {}, "examples": {}, "eval_loss": v,
+             **({"probe/x": p} if p is not None else {})}
+            for s, v, p in ((0, 3.0, None), (1, 3.3, 0.6), (2, 3.6, 0.7))]  # seed 0 lacks the probe
+    (g,) = report.aggregate(rows)
+    assert g["n"] == 3 and g["eval_loss"] == pytest.approx(3.3) and g["eval_loss_se"] == pytest.approx(0.3 / 3 ** 0.5)
+    assert g["probe/x"] == pytest.approx(0.65) and g["probe/x_n"] == 2 and g["probe/x_se"] == pytest.approx(0.05)
+    assert report.probe_keys([g]) == ["probe/x"]
+
+
+def test_compare_seeds_plans_every_contender_once_per_seed(tmp_path, capsys):
+    w = str(tmp_path)
+    one = compare.compare(w, "default", dry_run=True, log=lambda *_: None)
+    assert [r.name for r in one] == ["bert", "gpt", "t5"]  # --seeds=1: today's names and seed
+    capsys.readouterr()
+    logs = []
+    runs = compare.compare(w, "default", seeds=2, dry_run=True, log=logs.append)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [r.name for r in runs] == ["bert-seed=0", "gpt-seed=0", "t5-seed=0", "bert-seed=1", "gpt-seed=1",
+                                      "t5-seed=1"]
+    assert [report.group_of(r.name) for r in runs] == [r.group for r in runs] == ["bert", "gpt", "t5"] * 2
+    assert [r.config.seed for r in runs] == [r.seed for r in runs] == [0, 0, 0, 1, 1, 1]
+    steps = {r.name: r.config.train.steps for r in one}
+    assert [r.config.train.steps for r in runs] == [steps[r.group] for r in runs]  # seeds share their steps
+    assert planning.config_diff(runs[0].config, runs[3].config) == ["seed: 0 -> 1"]
+    assert len(lines) == 6 and sum("x 2 seeds" in m for m in logs) == 3
+    for run, line in zip(runs, lines, strict=True):
+        words = shlex.split(line)
+        assert f"--workdir={os.path.join(w, run.name)}" in words and f"--config.seed={run.seed}" in words
+    with pytest.raises(planning.SweepError, match=r"--seeds=0: give 1"):
+        compare.compare(w, "default", seeds=0, dry_run=True, log=lambda *_: None)
+    with pytest.raises(planning.SweepError, match=r"--seeds=2 sets config.seed .* drop --config.seed=3"):
+        compare.compare(w, "default", seeds=2, overrides={"seed": 3}, dry_run=True, log=lambda *_: None)
+
+
+def test_compare_keeps_a_contenders_plan_when_its_seeds_change(tmp_path):
+    """Steps planned for one seed count serve another: plan.json records are matched by contender, not seed."""
+    suite = suites.load("default")
+    w = str(tmp_path)
+    runs = compare.plan(w, "default", compare.suite_runs(suite), ("flops", 4e12), 5, {}, log=lambda *_: None)
+    records = [{**r.record(), "measured_step_s": 0.125} for r in compare.seed_runs(runs, 3)]
+    assert [r["name"] for r in records[:3]] == ["bert-seed=0", "gpt-seed=0", "t5-seed=0"]
+    planning.write_plan(w, {"kind": "compare", "request": compare._request("default", ("flops", 4e12), 5, {}),
+                            "runs": records})
+    again = compare.plan(w, "default", compare.suite_runs(suite), ("flops", 4e12), 5, {}, log=lambda *_: None)
+    assert [r.name for r in again] == ["bert", "gpt", "t5"] and [r.measured_step_s for r in again] == [0.125] * 3
+    assert [r.config.train.steps for r in again] == [335, 335, 816] and "seed" not in again[0].overrides
+    assert [r.hash for r in again] == [r.hash for r in runs]
+
+
+def test_sweep_seeds_flag_replaces_the_files_seeds(monkeypatch):
+    spec = {"config": "experiments/configs/{arch}.py:tiny", "grid": {"arch": ["gpt"],
+                                                                     "model.position": ["rope", "alibi"]},
+            "seeds": [0]}
+    runs = sweep.expand(spec, seeds=3)
+    assert [(r.group, r.seed) for r in runs] == [(g, s) for g in ("gpt-position=rope", "gpt-position=alibi")
+                                                 for s in (0, 1, 2)]
+    assert all(report.group_of(r.name) == r.group for r in runs)
+    assert [r.seed for r in sweep.expand(spec)] == [0, 0]  # 0: the file's list
+    with pytest.raises(planning.SweepError, match="--seeds=-1"):
+        sweep.expand(spec, seeds=-1)
+    monkeypatch.chdir(helpers.ROOT)
+    path = "experiments/ablations/position.py"
+    default = sweep.run_sweep(path, "runs/x", None, 5, {}, dry_run=True, log=lambda *_: None)
+    three = sweep.run_sweep(path, "runs/x", None, 5, {}, dry_run=True, log=lambda *_: None, seeds=3)
+    assert len(three) == len(default) // 2 * 3  # the file has seeds [0, 1]
 
 
 # ---------------------------------------------------------------------------------------------- hardware

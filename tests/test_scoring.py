@@ -84,3 +84,5 @@ def test_pair_accuracy_counts_true_first_pairs_and_half_ties():
     assert probes.pair_accuracy([2.0, 1.0, 0.0, 3.0, 1.0, 1.0, -1.0, -2.0]) == pytest.approx((1 + 0 + 0.5 + 1) / 4)
     with pytest.raises(ValueError, match="not a non-empty list of pairs"):
         probes.pair_accuracy([1.0, 2.0, 3.0])
+    # Each pair's result, as the per-pair files keep them for the report's paired bootstrap.
+    assert probes.pair_correct([2.0, 1.0, 0.0, 3.0, 1.0, 1.0, -1.0, -2.0]) == [1.0, 0.0, 0.5, 1.0]

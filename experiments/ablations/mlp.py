@@ -1,10 +1,11 @@
-"""MLP kind: ReLU, GELU and the gated SwiGLU / GeGLU (Shazeer 2020), at equal MLP parameters.
+"""MLP kind: ReLU, GELU, squared ReLU (So et al. 2021; modded-nanogpt, nanochat) and the gated SwiGLU / GeGLU
+(Shazeer 2020), at equal MLP parameters.
 
   python -m experiments.sweep --sweep=experiments/ablations/mlp.py --workdir=runs/mlp
 
-Gated MLPs have three matrices instead of two, so their hidden width is 2/3 of the plain one (256 -> 170 on the
+Gated MLPs have three matrices instead of two, so their hidden width is 2/3 of the plain one (256 -> 171 on the
 cheap model), as in the GLU-variants paper: every point has the same parameters and about the same FLOPs.
-4 kinds x 3 architectures x 2 seeds = 24 runs of the cheap CPU model.
+5 kinds x 3 architectures x 2 seeds = 30 runs of the cheap CPU model.
 """
 
 from experiments.sweep import CHEAP
@@ -25,6 +26,7 @@ def get_sweep() -> dict:
             "mlp": {
                 "relu": {"model.mlp": "relu"},
                 "gelu": {"model.mlp": "gelu"},
+                "relu2": {"model.mlp": "relu2"},
                 "swiglu": {"model.mlp": "swiglu", "model.d_ff": GATED_D_FF},
                 "geglu": {"model.mlp": "geglu", "model.d_ff": GATED_D_FF},
             },
