@@ -81,3 +81,20 @@ def objective_config(name="span_corruption", seq_len=48, noise_density=0.15, mea
         objective=dict(name=name, mask_rate=0.15, mask_token_frac=0.8, random_token_frac=0.1, whole_word=False,
                        noise_density=noise_density, mean_span_length=mean_span_length, nsp=False),
         data=dict(seq_len=seq_len, target_len=0, document_mask=False)))
+
+
+def parse_command(line: str):
+    """(workdir, config) of a printed `python -m train.main --config=... --workdir=...` command, parsed by absl."""
+    import shlex
+
+    from absl import flags
+    from ml_collections import config_flags
+
+    words = shlex.split(line)
+    assert words[:3] == ["python", "-m", "train.main"]
+    argv = ["train.main", *words[3:]]
+    fv = flags.FlagValues()
+    flags.DEFINE_string("workdir", None, "", flag_values=fv)
+    config_flags.DEFINE_config_file("config", None, "", flag_values=fv, sys_argv=argv)
+    fv(argv)
+    return fv.workdir, fv.config

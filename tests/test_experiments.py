@@ -10,10 +10,10 @@ import types
 import numpy as np
 import pytest
 from absl import flags
-from ml_collections import config_flags
 
 from experiments import compare, hardware, planning, report, suites, sweep
 from experiments import tables as report_tables
+from model import config as model_config
 from tests import helpers
 
 ABLATIONS = sorted(f[:-3] for f in os.listdir(os.path.join(helpers.ROOT, "experiments", "ablations"))
@@ -144,15 +144,10 @@ def test_dry_run_commands_parse_with_absl_flags(name, monkeypatch, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == len(runs) >= 12 and len({r.name for r in runs}) == len(runs)
     for run, line in [(runs[0], lines[0]), (runs[-1], lines[-1])]:
-        words = shlex.split(line)
-        assert words[:3] == ["python", "-m", "train.main"]
-        argv = ["train.main", *words[3:]]
-        fv = flags.FlagValues()
-        flags.DEFINE_string("workdir", None, "", flag_values=fv)
-        config_flags.DEFINE_config_file("config", None, "", flag_values=fv, sys_argv=argv)
-        fv(argv)
-        assert fv.workdir == os.path.join("runs/x", run.name)
-        assert planning.config_json(fv.config) == planning.config_json(run.config)
+        workdir, config = helpers.parse_command(line)
+        assert workdir == os.path.join("runs/x", run.name)
+        assert planning.config_json(config) == planning.config_json(run.config)
+        model_config.from_dict(config.model)  # a valid model
 
 
 def test_run_state_skips_resumes_and_refuses_other_configs(tmp_path):
