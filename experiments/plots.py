@@ -57,7 +57,7 @@ def plot_loss(groups: list[dict], x: str, path: str, objectives: dict[str, tuple
                 ax.fill_between(xs, ys.min(0), ys.max(0), color=_color(i), alpha=0.12, lw=0)
         short, meaning = objectives.get(obj, (obj, ""))
         ax.set_title(f"{short}\n({meaning})", fontsize=9)
-        ax.set_ylabel(f"eval loss, {short} (nats / predicted token)")
+        ax.set_ylabel("eval loss (nats / predicted token)")
         if log:
             ax.set_xscale("log")
         else:  # all panels share one axis from 0 to the largest x of any panel

@@ -39,7 +39,7 @@ class TokenObjective:
     DESCRIPTIONS: ClassVar[dict[str, tuple[str, str]]] = {
         "causal_lm": ("causal LM", "next-token cross-entropy at every position, left context only"),
         "prefix_lm": ("prefix LM", "next-token cross-entropy after a random bidirectional prefix"),
-        "mlm": ("masked LM", "cross-entropy of the 15% selected tokens, predicted from both sides"),
+        "mlm": ("masked LM", "cross-entropy of the selected (masked) tokens, from both sides"),
         "span_corruption": ("span corruption", "cross-entropy of the decoder targets: dropped spans and sentinels"),
         "classify": ("classification", "cross-entropy of one label per example"),
     }
