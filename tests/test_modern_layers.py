@@ -123,9 +123,9 @@ def test_mixed_pattern_scan_equals_loop(arch):
                                rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("arch", ["gpt", "t5"])
-def test_kv_cache_with_a_pattern_matches_the_full_forward(arch):
-    cfg = tiny(arch, attention_window=3, attention_pattern="LG")
+def test_kv_cache_with_a_pattern_matches_the_full_forward():
+    # GPT's decoder is the Stack T5's decoder also is: one architecture covers the cached masks.
+    cfg = tiny("gpt", attention_window=3, attention_pattern="LG")
     m = model.build(cfg)
     v = fake_variables(m, *args_for(cfg))
     full = m.apply(v, *args_for(cfg))
