@@ -534,7 +534,7 @@ def test_aggregate_averages_the_seeds_that_have_a_number():
     (g,) = report.aggregate(rows)
     assert g["n"] == 3 and g["eval_loss"] == pytest.approx(3.3) and g["eval_loss_se"] == pytest.approx(0.3 / 3 ** 0.5)
     assert g["probe/x"] == pytest.approx(0.65) and g["probe/x_n"] == 2 and g["probe/x_se"] == pytest.approx(0.05)
-    assert report.probe_keys([g]) == ["probe/x"]
+    assert report_tables.probe_keys([g]) == ["probe/x"]
 
 
 def test_compare_seeds_plans_every_contender_once_per_seed(tmp_path, capsys):
