@@ -100,6 +100,14 @@ def mlm(
     return batch
 
 
+def selected_count(mask_rate: float, n):
+    """Tokens mask_tokens selects in a row of n non-special tokens: max(1, round_half_up(mask_rate * n)), 0 if n
+    is 0. It grows with n, so selected_count(mask_rate, L) bounds every row of length L (without whole_word, whose
+    first word is taken even when it has more pieces)."""
+    n = np.asarray(n)
+    return np.where(n > 0, np.maximum(1, np.floor(mask_rate * n + 0.5)), 0).astype(np.int64)
+
+
 def mask_tokens(
     targets: np.ndarray,
     rngs: Sequence[np.random.Generator],
@@ -121,7 +129,7 @@ def mask_tokens(
     u = _rows_uniform(rngs, (3, L))
     candidate = ~tok.is_special[targets]
     n = candidate.sum(1)
-    k = np.where(n > 0, np.maximum(1, np.floor(mask_rate * n + 0.5)), 0).astype(np.int64)
+    k = selected_count(mask_rate, n)
     if word_start is not None:
         selected, word = _select_words(targets, candidate, word_start, u[:, 0], k)
         u_rule = np.take_along_axis(u[:, 1], word, axis=1)  # Every piece of a word shares its word's draw.

@@ -122,7 +122,8 @@ def run_row(name: str, summary: dict, config: dict, meta: dict, plan_hw: dict | 
         "params": s["params"], "flops_per_token": fps / tps, "tokens": steps * tps, "steps": steps,
         "flops": steps * fps, "wall_s": s.get("wall_s"), "compile_s": s.get("compile_s"), "loop_s": s.get("loop_s"),
         "train_seconds": steps * st if st else None, "tokens_per_sec": s.get("tokens_per_sec"),
-        "mfu": hardware.mfu(fps, st, peak, n_dev) if st and peak else None, "peak_source": source,
+        "mfu": hardware.mfu(s.get("executed_flops_per_step", fps), st, peak, n_dev) if st and peak else None,
+        "peak_source": source,
         "peak_flops": peak, "n_devices": n_dev,
         "peak_memory_bytes": s.get("peak_memory_bytes"), "train_loss": tr.get("train/loss"),
         # The objective's cross-entropy alone (eval/nll): eval/loss adds z-loss and, for MLM + NSP, the NSP term.

@@ -9,9 +9,10 @@ up first, then timed in interleaved blocks (A, B, C, A, B, C, ...), so their rec
 
   MFU = model_flops_per_step / step_time / (peak_flops_per_device * n_devices)
 
-model_flops_per_step is the analytic count of model/flops.py (3 x forward matmul FLOPs, remat recompute NOT
-included); the peak comes from experiments/hardware.py (published table, or on CPU a 4096^2 matmul measured in this
-process; on CPU it is measured again after the timed steps, `peak_flops_after`, because the machine is shared).
+model_flops_per_step is the analytic count of model/flops.py (3 x forward matmul FLOPs as the step computes them,
+the MLM head at the masked positions alone; remat recompute NOT included); the peak comes from
+experiments/hardware.py (published table, or on CPU a 4096^2 matmul measured in this process; on CPU it is
+measured again after the timed steps, `peak_flops_after`, because the machine is shared).
 `xla_flops_ratio` = XLA's cost_analysis() FLOPs of the compiled step (all devices) / model_flops_per_step: a little
 above 1, since XLA also counts norms, softmax, the loss and AdamW; remat recompute raises it; under scan_layers XLA
 counts the loop body once, so the ratio is meaningless there. Measured values: docs/performance.md.
@@ -215,8 +216,9 @@ def _record(case: _Case, data: str, peak: tuple[float, str], wall: float) -> dic
     device = _device(runner)
     B = config.train.batch_size
     seq_len, target_len = case.runner.objective.lengths
-    model_flops = flops.training_flops_per_step(model_cfg, B, seq_len, target_len)
-    causal_flops = 3 * flops.flops_per_example(model_cfg, seq_len, target_len)["forward_causal"] * B
+    predicted = case.runner.objective.predicted or None  # MLM: the head at the masked positions alone
+    model_flops = flops.training_flops_per_step(model_cfg, B, seq_len, target_len, predicted)
+    causal_flops = 3 * flops.flops_per_example(model_cfg, seq_len, target_len, predicted)["forward_causal"] * B
     tokens = B * case.runner.objective.tokens_per_example
     xla = xla_flops(case.compiled)
     if xla is not None:

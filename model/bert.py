@@ -9,6 +9,10 @@ at position 0) and `nsp` (dense D*2 + 2). `__call__` still returns only the MLM 
 token logits (sampling, fill-mask, HF export, the classifier's backbone, FLOP checks) is unchanged;
 `mlm_and_nsp(...)` returns both and is what the train step applies when the batch has `nsp_labels`. `__call__`
 runs the NSP head too (its result is dropped, and removed by XLA under jit), so that `init` creates its parameters.
+
+`predict_at` (B, K) int32 positions, as BERT's own pretraining code takes masked_lm_positions: the MLM head runs on
+the hidden states at those positions alone and the logits are (B, K, V). Training on 15% of 128 positions, the
+head (the largest matmul of a small model) then costs K / L of its full price; the logits there are the same.
 """
 
 from __future__ import annotations
@@ -54,16 +58,21 @@ class BERT(nn.Module):
         return self.head(h_BxLxD, self.embed.embedding if self.cfg.tie_embeddings else None)
 
     def mlm_and_nsp(self, inputs: jax.Array, *, token_types: jax.Array | None = None,
-                    segment_ids: jax.Array | None = None, train: bool = False) -> tuple[jax.Array, jax.Array | None]:
-        """(B, L, V) float32 MLM logits and (B, 2) float32 NSP logits (index 1 = IsNext; None without nsp_head)."""
+                    segment_ids: jax.Array | None = None, predict_at: jax.Array | None = None,
+                    train: bool = False) -> tuple[jax.Array, jax.Array | None]:
+        """(B, L, V) float32 MLM logits ((B, K, V) at `predict_at`) and (B, 2) float32 NSP logits (index 1 =
+        IsNext; None without nsp_head)."""
         h_BxLxD = self.features(inputs, token_types=token_types, segment_ids=segment_ids, train=train)
-        logits_BxLxV = self.mlm_logits(h_BxLxD)
+        h = h_BxLxD if predict_at is None else jnp.take_along_axis(h_BxLxD, predict_at[..., None], axis=1)
+        logits_BxLxV = self.mlm_logits(h)
         if not self.cfg.nsp_head:
             return logits_BxLxV, None
         pooled_BxD = jnp.tanh(self.pooler(h_BxLxD[:, 0]))
         return logits_BxLxV, self.nsp(pooled_BxD).astype(jnp.float32)
 
     def __call__(self, inputs: jax.Array, *, token_types: jax.Array | None = None,
-                 segment_ids: jax.Array | None = None, train: bool = False) -> jax.Array:
-        """(B, L) int32 tokens -> (B, L, V) float32 logits at every position."""
-        return self.mlm_and_nsp(inputs, token_types=token_types, segment_ids=segment_ids, train=train)[0]
+                 segment_ids: jax.Array | None = None, predict_at: jax.Array | None = None,
+                 train: bool = False) -> jax.Array:
+        """(B, L) int32 tokens -> (B, L, V) float32 logits at every position (or (B, K, V) at `predict_at`)."""
+        return self.mlm_and_nsp(inputs, token_types=token_types, segment_ids=segment_ids, predict_at=predict_at,
+                                train=train)[0]

@@ -15,9 +15,11 @@ FLOP conventions (`flops_per_example`, `flops_per_token`, `training_flops_per_st
   hide scores. `attention_causal` / `forward_causal` (and `mfu_causal`, as MaxText counts) count only the pairs a
   query attends to: k <= q in causal stacks (L*(L+1)/2 pairs), and in local layers only the keys inside the
   window (causal: min(q + 1, n) per query; bidirectional: |q - k| < n). Document masks are data, not counted.
-- Head: the vocabulary projection 2*D*V at every position the model applies it to (all L positions for gpt/bert,
+- Head: the vocabulary projection 2*D*V at every position of the model's output (all L positions for gpt/bert,
   all T decoder positions for t5), whatever the loss weights; with BERT's nsp_head also the pooler 2*D*D and the
-  next-sentence projection 2*D*2, once per example (on [CLS]).
+  next-sentence projection 2*D*2, once per example (on [CLS]). This is the count of budgets and plans. MLM
+  training computes the head at its K predicted positions alone (model/bert.py predict_at): `predicted=K` counts
+  that, the FLOPs the step executes, which is what MFU divides.
 - Training = 3 x forward (the backward pass costs twice the forward: gradients w.r.t. activations and weights).
   Rematerialisation (model.remat) recomputes the forward and is NOT included: these are model FLOPs, not
   hardware FLOPs.
@@ -191,10 +193,12 @@ def _self_attention(cfg: ModelConfig, n_layers: int, L: int, causal: bool) -> tu
     return full, attended
 
 
-def flops_per_example(cfg: ModelConfig, seq_len: int, target_len: int | None = None) -> dict[str, float]:
+def flops_per_example(cfg: ModelConfig, seq_len: int, target_len: int | None = None,
+                      predicted: int | None = None) -> dict[str, float]:
     """Forward/training matmul FLOPs of one example (see the module docstring for what is counted).
 
-    seq_len is L for gpt/bert and the encoder length S for t5; target_len is the t5 decoder length T.
+    seq_len is L for gpt/bert and the encoder length S for t5; target_len is the t5 decoder length T; predicted
+    (bert) the positions the MLM head runs on (None = all L).
     Keys: tokens (L or S + T), dense, attention (full squares), attention_causal (only the pairs attended: key <=
     query in causal stacks, within the window in local layers), head (MLM transform + vocabulary projection + NSP
     pooler and projection), forward = dense + attention + head, forward_causal = dense + attention_causal + head,
@@ -206,7 +210,7 @@ def flops_per_example(cfg: ModelConfig, seq_len: int, target_len: int | None = N
         L = S
         dense = cfg.n_layers * (_attn_proj(cfg, L, L) + _mlp(cfg, L))
         attn, attn_causal = _self_attention(cfg, cfg.n_layers, L, causal=cfg.arch == "gpt")
-        head_tokens = L
+        head_tokens = L if predicted is None or cfg.arch != "bert" else min(predicted, L)
     else:
         enc_dense = cfg.n_layers * (_attn_proj(cfg, S, S) + _mlp(cfg, S))
         dec_dense = cfg.decoder_layers * (_attn_proj(cfg, T, T) + _attn_proj(cfg, T, S) + _mlp(cfg, T))
@@ -241,8 +245,9 @@ def flops_per_token(cfg: ModelConfig, seq_len: int, target_len: int | None = Non
     return {k: (v if k == "tokens" else v / ex["tokens"]) for k, v in ex.items()}
 
 
-def training_flops_per_step(cfg: ModelConfig, batch_size: int, seq_len: int, target_len: int | None = 0) -> float:
+def training_flops_per_step(cfg: ModelConfig, batch_size: int, seq_len: int, target_len: int | None = 0,
+                            predicted: int | None = None) -> float:
     """Model FLOPs of one optimizer step: 3 * forward FLOPs per example * batch_size."""
     if batch_size <= 0:
         raise ValueError(f"batch_size={batch_size} must be positive")
-    return flops_per_example(cfg, seq_len, target_len)["train"] * batch_size
+    return flops_per_example(cfg, seq_len, target_len, predicted)["train"] * batch_size

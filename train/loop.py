@@ -225,6 +225,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                 progress_bar=tc.progress_bar, shown=objective.shown)
     tokens_per_step = tc.batch_size * objective.tokens_per_example
     flops_per_step = flops.training_flops_per_step(model_cfg, tc.batch_size, *objective.lengths)
+    executed_flops = flops.training_flops_per_step(model_cfg, tc.batch_size, *objective.lengths,
+                                                   objective.predicted or None)
     log = _TrainLog(objective, writer, tc, tokens_per_step, checkpoints.steps()[-1] if checkpoints.steps() else None)
     if lead:
         logging.info("%s: %s parameters, %d tokens per step, %d devices (%s), data: %s", model_cfg.arch,
@@ -272,7 +274,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "steps": tc.steps if stopped_by is None else int(jax.device_get(runner.host_state(state).step)),
         "start_step": start,
         "tokens_per_step": tokens_per_step,
-        "flops_per_step": flops_per_step,
+        "flops_per_step": flops_per_step,  # what budgets count (model/flops.py)
+        "executed_flops_per_step": executed_flops,  # what the step computes (less for MLM): MFU's numerator
         "step_time_s": median,
         "tokens_per_sec": tokens_per_step / median if median else None,
         "peak_memory_bytes": peak_memory_bytes(runner),

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 
+from data import objectives as data_objectives
 from train import losses
 
 # Batch keys that are token sequences fed to a model (what tokens per example and FLOPs count).
@@ -32,6 +33,9 @@ class TokenObjective:
     layout: dict[str, tuple[tuple[int, ...], Any]]  # batch key -> (per-example shape, dtype)
     label_smoothing: float = 0.0
     z_loss: float = 0.0
+    # mlm: no row has more predicted positions (weights > 0) than this; the model's head then runs on those alone
+    # (BERT's predict_at), the others' zero weights left out of the sums. 0 = every position (the other objectives).
+    predicted: int = 0
 
     sum_keys: ClassVar[tuple[str, ...]] = losses.TOKEN_SUMS  # what a step returns; 'weight' is the token count
     shown: ClassVar[tuple[str, ...]] = ("loss", "accuracy", "bits_per_byte")  # on the progress line
@@ -63,11 +67,23 @@ class TokenObjective:
         """Quantities of the whole global batch the loss needs (taken before the microbatch and device split)."""
         return {}
 
-    def forward(self, model, params, batch: dict, rng, train: bool, method: str | None = None):
+    def forward(self, model, params, batch: dict, rng, train: bool, method: str | None = None, **extra):
         """The model applied to the batch entries it takes (dropout from `rng` when training)."""
         inputs = {k: batch[k] for k in model.input_names if k in batch}
-        return model.apply({"params": params}, **inputs, train=train, rngs={"dropout": rng} if train else {},
-                           method=method)
+        return model.apply({"params": params}, **inputs, **extra, train=train,
+                           rngs={"dropout": rng} if train else {}, method=method)
+
+    def predicted_positions(self, batch: dict) -> tuple[dict, dict]:
+        """({'predict_at': (B, K) positions} or {}, the batch with targets, weights and target_bytes at those).
+
+        The K positions of largest weight per row (lax.top_k: every predicted one, as no row has more than K, then
+        unpredicted ones of weight 0); the sums over them are the sums over all L positions, reassociated."""
+        if not self.predicted:
+            return {}, batch
+        _, at_BxK = jax.lax.top_k(batch["weights"], min(self.predicted, batch["weights"].shape[1]))
+        picked = {k: jnp.take_along_axis(batch[k], at_BxK, axis=1)
+                  for k in ("targets", "weights", "target_bytes") if k in batch}
+        return {"predict_at": at_BxK}, {**batch, **picked}
 
     def token_sums(self, logits, batch: dict, train: bool) -> dict[str, jax.Array]:
         return losses.cross_entropy(logits, batch["targets"], batch["weights"], batch.get("target_bytes"),
@@ -76,7 +92,8 @@ class TokenObjective:
 
     def loss_sums(self, model, params, batch: dict, rng, train: bool, constants: dict) -> dict[str, jax.Array]:
         """Summed metrics of `batch` (sum_keys); the step minimises sums['loss'] / sums['weight']."""
-        return self.token_sums(self.forward(model, params, batch, rng, train), batch, train)
+        extra, batch = self.predicted_positions(batch)
+        return self.token_sums(self.forward(model, params, batch, rng, train, **extra), batch, train)
 
     def summarize(self, sums: dict, prefix: str) -> dict[str, float]:
         """Host-side averages of summed metrics (divided once, here)."""
@@ -108,7 +125,8 @@ class NextSentence(TokenObjective):
         return {"nsp_scale": weight / examples}
 
     def loss_sums(self, model, params, batch: dict, rng, train: bool, constants: dict) -> dict[str, jax.Array]:
-        logits, nsp_logits_Bx2 = self.forward(model, params, batch, rng, train, method="mlm_and_nsp")
+        extra, batch = self.predicted_positions(batch)
+        logits, nsp_logits_Bx2 = self.forward(model, params, batch, rng, train, method="mlm_and_nsp", **extra)
         sums = self.token_sums(logits, batch, train)
         sums.update(losses.nsp_sums(nsp_logits_Bx2, batch["nsp_labels"]))
         sums["loss"] = sums["loss"] + constants["nsp_scale"] * sums["nsp_loss"]
@@ -143,8 +161,13 @@ class Classification(TokenObjective):
 
 
 def build(objective_config, layout: dict) -> TokenObjective:
-    """The unit for config.objective (name, nsp, label_smoothing, z_loss) on batches of `layout`."""
-    cls = {"classify": Classification}.get(objective_config.name, TokenObjective)
-    if objective_config.name == "mlm" and objective_config.nsp:
+    """The unit for config.objective (name, nsp, label_smoothing, z_loss, and for mlm mask_rate and whole_word) on
+    batches of `layout`."""
+    oc = objective_config
+    cls = {"classify": Classification}.get(oc.name, TokenObjective)
+    if oc.name == "mlm" and oc.nsp:
         cls = NextSentence
-    return cls(objective_config.name, dict(layout), objective_config.label_smoothing, objective_config.z_loss)
+    predicted = 0
+    if oc.name == "mlm" and not oc.whole_word:  # whole words can overshoot the count (data/objectives.py)
+        predicted = int(data_objectives.selected_count(oc.mask_rate, layout["targets"][0][0]))
+    return cls(oc.name, dict(layout), oc.label_smoothing, oc.z_loss, predicted)

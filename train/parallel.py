@@ -310,22 +310,32 @@ class _Compiled:
 
     def __init__(self, name: str, fn, aot: bool = True):
         self.name, self.fn, self.aot = name, fn, aot
-        self.signature = None
+        self.signature = self.abstract = None
         self.compiled = None
         self.compile_seconds = 0.0
         self.compiles = 0
 
     def __call__(self, *args):
-        flat = jax.tree_util.tree_flatten_with_path(args)[0]
-        sig = [(jax.tree_util.keystr(p), tuple(np.shape(x)), str(x.dtype)) for p, x in flat]
+        # Checked on every step, so cheap: the tree structure and each leaf's (shape, dtype), no path strings.
+        leaves, treedef = jax.tree_util.tree_flatten(args)
+        sig = (treedef, tuple((np.shape(x), getattr(x, "dtype", type(x))) for x in leaves))
         if sig != self.signature:
             if self.signature is not None:
-                changes = [f"{a[0]}: {a[1:]} -> {b[1:]}" for a, b in zip(self.signature, sig, strict=False) if a != b]
-                logging.error("%s is compiling a second time; changed: %s", self.name,
-                              "; ".join(changes[:5]) or "the argument structure")
+                logging.error("%s is compiling a second time; changed: %s", self.name, _changes(self.abstract, args))
             t0 = time.perf_counter()
             self.compiled = self.fn.lower(*args).compile() if self.aot else self.fn
             self.compile_seconds += time.perf_counter() - t0
             self.compiles += 1
             self.signature = sig
+            self.abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.result_type(x)), args)
         return self.compiled(*args)
+
+
+def _changes(before, after) -> str:
+    """What differs between two argument trees: '<path>: (shape, dtype) -> (shape, dtype)', at most five."""
+    def described(args):
+        return [(jax.tree_util.keystr(p), tuple(np.shape(x)), str(x.dtype))
+                for p, x in jax.tree_util.tree_flatten_with_path(args)[0]]
+    changes = [f"{a[0]}: {a[1:]} -> {b[1:]}" for a, b in zip(described(before), described(after), strict=False)
+               if a != b]
+    return "; ".join(changes[:5]) or "the argument structure"
