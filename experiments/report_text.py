@@ -83,7 +83,9 @@ def notes(groups: list[dict], records: list[dict]) -> list[str]:
                "also has them per token, and the compile time.")
     src = sorted({(f"{si(g['peak_flops'], 'FLOP/s')}, " if g.get("peak_flops") else "") + g["peak_source"]
                   for g in groups if g.get("peak_source")})
-    out.append("**MFU** = train FLOPs per step / median step time / (peak FLOP/s x devices); peak: "
+    out.append("**MFU** = the FLOPs a step executes / median step time / (peak FLOP/s x devices); these are the "
+               "train FLOPs per step, except for masked LM, whose head runs at its masked positions alone "
+               "(model/bert.py predict_at) while its budget counts every position; peak: "
                + "; ".join(src) + " (a CPU peak measured while other work shares the cores is low, and MFU "
                "relative to it high). **wall** is the whole run (data, compile, evaluations, checkpoints) of its "
                "last invocation; **memory** is the peak: the allocator's high-water mark on GPU/TPU and XLA's "
