@@ -118,8 +118,11 @@ def notes(groups: list[dict], records: list[dict]) -> list[str]:
             "resamples with a fixed seed, both contenders' results on the same pairs drawn together), which measures "
             "evaluation noise only, not the spread between training seeds. The fine-tuned probes and the losses keep "
             "no per-example results: with one seed they get no test; run --seeds=N with N >= 2 (3 or more advised). "
-            "Each p-value is for one pair on one column, not corrected for multiple comparisons: of many pairs, some "
-            "fall below 0.05 by chance.")
+            "Where every seed gives the same difference the t-test is undefined (no spread): the zero-shot columns "
+            "then get the paired bootstrap over the evaluation pairs of all seeds, the others an exact sign-flip test "
+            "over the seeds (every sign of the n per-seed differences; its smallest p is 2 / 2^n: 0.25 with 3 seeds, "
+            "below 0.05 from 6 seeds on). Each p-value is for one pair on one column, not corrected for multiple "
+            "comparisons: of many pairs, some fall below 0.05 by chance.")
     if any(r["method"] is None and r["n"] == 1 for r in records):
         out.append("With one seed some differences above were not tested (marked 'one seed: no test').")
     return out

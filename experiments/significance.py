@@ -2,7 +2,9 @@
 
 A yardstick is a probe column (shared by every contender) or the eval loss among the contenders of one objective.
 Each pair of its contenders is tested by experiments/stats.py: a paired t-test over seeds, or with one seed a
-paired bootstrap over the zero-shot pairs where they were kept; the report leads with these lines.
+paired bootstrap over the zero-shot pairs where they were kept; where every seed gives the same difference (no
+spread: no t-test) the bootstrap over the pairs of all seeds, or an exact sign-flip test over the seeds. The report
+leads with these lines.
 """
 
 from __future__ import annotations
@@ -67,7 +69,10 @@ def _p(p: float) -> str:
 def _method(rec: dict) -> str:
     if rec["method"] == stats.T_TEST:
         return f"paired t-test over {rec['n']} seeds"
-    return f"paired bootstrap over {rec['n']} pairs, {rec['resamples']:,} resamples"
+    if rec["method"] == stats.SIGN_FLIP:
+        return f"exact sign-flip test over {rec['n']} seeds"
+    seeds = f" of {len(rec['seeds'])} seeds" if len(rec.get("seeds", ())) > 1 else ""
+    return f"paired bootstrap over {rec['n']} pairs{seeds}, {rec['resamples']:,} resamples"
 
 
 def verdict(rec: dict) -> str:
@@ -119,7 +124,8 @@ def significance_table(records: list[dict]) -> list[str]:
     for r in tested:
         d = r["difference"]
         diff = f"{100 * d:+.1f} points" if r["key"].startswith("probe/") else f"{d:+.3f}"
-        test = f"t-test, {r['n']} seeds" if r["method"] == stats.T_TEST else f"bootstrap, {r['n']} pairs"
+        test = {stats.T_TEST: f"t-test, {r['n']} seeds", stats.SIGN_FLIP: f"sign-flip, {r['n']} seeds"}.get(
+            r["method"], f"bootstrap, {r['n']} pairs")
         lines.append(f"| {r['yardstick']} | {r['better']} | {r['worse']} | {diff} | {_pval(r['p'])} | "
                      f"{'yes' if r['significant'] else 'no'} | {test} |")
     return lines + [""]

@@ -1,13 +1,15 @@
 """experiments/stats.py: the Student-t distribution against table values and closed forms, the standard error and
-the paired t-test by hand, the paired bootstrap on cases with a known answer, and which test difference_test picks."""
+the paired t-test by hand, the paired bootstrap on cases with a known answer, the exact sign-flip test by counting,
+and which test difference_test picks (no spread between seeds included)."""
 
+import itertools
 import math
 
 import jax.scipy.special
 import numpy as np
 import pytest
 
-from experiments import stats
+from experiments import significance, stats
 
 
 @pytest.mark.parametrize("t,df", [(12.706, 1), (4.303, 2), (3.182, 3), (2.776, 4), (2.571, 5), (2.228, 10),
@@ -69,10 +71,11 @@ def test_pairing_by_seed_finds_a_small_consistent_difference_an_unpaired_test_mi
     va, vb = np.array(list(a.values())), np.array(list(b.values()))
     welch_t = (va.mean() - vb.mean()) / math.sqrt(va.var(ddof=1) / 3 + vb.var(ddof=1) / 3)
     assert stats.t_two_sided_p(welch_t, 4) > 0.5
-    # The same difference on every seed: no spread, the test's limit (p = 0), said so.
+    # The same difference on every seed: no spread, no t-test (t = d / 0 measures nothing), said so.
     same = stats.paired_t_test([0.7, 0.8], [0.6, 0.7])
-    assert same["p"] == 0.0 and same["t"] == math.inf and same["note"] == "the same difference on every seed"
-    assert stats.paired_t_test([0.7, 0.8], [0.7, 0.8])["p"] == 1.0
+    assert same["method"] is None and same["p"] is None and same["t"] is None
+    assert same["why"] == "the same difference on every seed" and same["difference"] == pytest.approx(0.1)
+    assert stats.paired_t_test([0.7, 0.8], [0.7, 0.8])["p"] is None
     # Pairs are by seed, not by position: the same numbers in another order give the same test.
     assert stats.difference_test(dict(reversed(list(a.items()))), b)["p"] == pytest.approx(r["p"])
 
@@ -113,3 +116,57 @@ def test_difference_test_picks_the_test_the_data_allow():
     assert disjoint["method"] is None and "no example in common" in disjoint["why"]
     # With two seeds in common the t-test is used, even where per-example results exist.
     assert stats.difference_test({0: 0.7, 1: 0.8}, {0: 0.6, 1: 0.65, 2: 0.9}, ex_a, ex_b)["method"] == "paired t-test"
+
+
+def test_sign_flip_test_counts_the_sign_patterns():
+    # d = 0.01 on all 3 seeds: of the 8 sign patterns only +++ and --- reach |mean| 0.01: p = 2/8.
+    r = stats.sign_flip_test([0.71, 0.72, 0.73], [0.70, 0.71, 0.72])
+    assert r["method"] == "exact sign-flip test" and r["n"] == 3 and r["p"] == pytest.approx(0.25)
+    assert r["difference"] == pytest.approx(0.01)
+    # d = 3, 1, -1, 2 (sum 5): |sum| >= 5 needs 3 and 2 with the same sign (else at most 1 + 1 + 1); then 3 of the 4
+    # signs of the 1 and the -1 keep it at 5 or more (sums 5, 7, 5; not 3), times 2 for the overall sign: p = 6/16.
+    d = [3.0, 1.0, -1.0, 2.0]
+    want = sum(abs(sum(s * x for s, x in zip(signs, d, strict=True))) >= 5 - 1e-9
+               for signs in itertools.product((1, -1), repeat=4)) / 16
+    assert want == 6 / 16 and stats.sign_flip_test(d, [0.0] * 4)["p"] == pytest.approx(want)
+    assert stats.sign_flip_test([0.5, 0.5], [0.5, 0.5])["p"] == 1.0  # no difference: every pattern reaches 0
+    assert stats.sign_flip_test([1.0] * 6, [0.0] * 6)["p"] == pytest.approx(2 / 64)
+    with pytest.raises(ValueError):
+        stats.sign_flip_test([], [])
+
+
+def test_the_same_difference_on_every_seed_is_not_called_significant_by_a_t_test():
+    # Accuracies over 200 pairs, 2 seeds, +0.5 points on both: the t-test has no spread to measure (it would say
+    # t = inf, p = 0). Without per-example results: the sign-flip test over 2 seeds, p = 2/4.
+    r = stats.difference_test({0: .705, 1: .715}, {0: .700, 1: .710})
+    assert r["method"] == "exact sign-flip test" and r["p"] == pytest.approx(0.5) and r["significant"] is False
+    assert r["note"] == "no t-test: the same difference on every seed" and r["seeds"] == [0, 1]
+    three = stats.difference_test({0: .71, 1: .72, 2: .73}, {0: .70, 1: .71, 2: .72})
+    assert three["p"] == pytest.approx(0.25) and not three["significant"]
+    # With per-example results: the paired bootstrap over the examples of every seed that kept them, pooled. a is
+    # right on 141 of 200 where b is on 140 (seed 0), 143 vs 142 (seed 1): 2 of 400 pairs differ, p large.
+    ids = list(range(200))
+    ex_a = {0: (ids, [1.0] * 141 + [0.0] * 59), 1: (ids, [1.0] * 143 + [0.0] * 57)}
+    ex_b = {0: (ids, [1.0] * 140 + [0.0] * 60), 1: (ids, [1.0] * 142 + [0.0] * 58)}
+    boot = stats.difference_test({0: .705, 1: .715}, {0: .700, 1: .710}, ex_a, ex_b)
+    assert boot["method"] == "paired bootstrap" and boot["n"] == 400 and boot["seeds"] == [0, 1]
+    assert boot["difference"] == pytest.approx(0.005) and boot["p"] > 0.1 and not boot["significant"]
+    assert boot["note"] == "no t-test: the same difference on every seed"
+    # Only seed 1 kept them: the bootstrap over its 200 pairs alone. 40 of them for a on both seeds: significant.
+    ex_a1 = {1: (ids, [1.0] * 40 + [0.0] * 160)}
+    one = stats.difference_test({0: .2, 1: .2}, {0: .0, 1: .0}, ex_a1, {0: None, 1: (ids, [0.0] * 200)})
+    assert one["method"] == "paired bootstrap" and one["n"] == 200 and one["seeds"] == [1] and one["significant"]
+
+
+def test_the_report_says_which_test_replaced_the_t_test():
+    flip = stats.difference_test({0: .71, 1: .72, 2: .73}, {0: .70, 1: .71, 2: .72})
+    assert significance.verdict(flip) == ("exact sign-flip test over 3 seeds, p = 0.250 (no t-test: the same "
+                                          "difference on every seed): not significant")
+    ids = list(range(100))
+    boot = stats.difference_test({0: .9, 1: .9}, {0: .5, 1: .5}, {s: (ids, [1.0] * 90 + [0.0] * 10) for s in (0, 1)},
+                                 {s: (ids, [1.0] * 50 + [0.0] * 50) for s in (0, 1)})
+    assert significance.verdict(boot) == ("paired bootstrap over 200 pairs of 2 seeds, 10,000 resamples, p < 0.001 "
+                                          "(no t-test: the same difference on every seed): significant")
+    rows = significance.significance_table([{**flip, "yardstick": "y", "key": "eval_loss", "better": "a",
+                                             "worse": "b"}])
+    assert rows[-2].endswith("| 0.250 | no | sign-flip, 3 seeds |")
