@@ -2,9 +2,10 @@
 
 Preparation streams the input files (data/readers.py), tokenizes them in `data.num_workers` worker processes, one
 input file per work unit, and writes the store with bounded memory whatever the corpus size: a worker holds at
-most one part of `data.shard_tokens` training tokens. `load` prepares what is missing (on a small corpus that is
-all there is to it) and opens the store, memory-mapped. `python -m data.prepare` does the same ahead of training,
-for one slice of the units with --num_shards/--shard, so a job array prepares a large corpus on many machines.
+most one part, fewer than `data.shard_tokens` tokens of each split plus one document (data/store.py). `load`
+prepares what is missing (on a small corpus that is all there is to it) and opens the store, memory-mapped.
+`python -m data.prepare` does the same ahead of training, for one slice of the units with --num_shards/--shard, so
+a job array prepares a large corpus on many machines (and --finalize writes the index after it).
 
 - The split is decided per document, from a hash of its text: a document is validation when its hash falls in
   the lowest data.val_fraction of the hash range (or it comes from data.val_files). No list of all documents.
@@ -287,9 +288,12 @@ def write_unit(job: _Job) -> int:
     return u.index
 
 
-def prepare(data, num_workers: int = 0, num_shards: int = 1, shard: int = 0, log=print) -> Path:
+def prepare(data, num_workers: int = 0, num_shards: int = 1, shard: int = 0, log=print,
+            finalize: bool = False) -> Path:
     """Writes the units of slice `shard` of `num_shards` (all of them by default) that are not done yet, in
     `num_workers` processes (0: one per core, at most one per unit), and the index once every unit is done.
+    finalize: write no unit, only the index, or raise DataError naming the files not prepared yet (the last step of
+    a job array, where the last two slices can miss each other's units on storage that caches directory listings).
     Returns the store's directory."""
     if not 0 <= shard < num_shards:
         raise DataError(f"--shard={shard} must be in [0, --num_shards={num_shards})")
@@ -306,8 +310,8 @@ def prepare(data, num_workers: int = 0, num_shards: int = 1, shard: int = 0, log
     tok = _make_tokenizer(data, unit_list, root)
     tok.require("eos", purpose="the token stream (an eos after every document)")
     dtype = "uint16" if tok.vocab_size <= 1 << 16 else "int32"
-    todo = [u for u in unit_list if u.index % num_shards == shard and u.index in store.check_complete(
-        directory, len(unit_list))]
+    unfinished = set(store.check_complete(directory, len(unit_list)))  # once: each check looks at every unit
+    todo = [] if finalize else [u for u in unit_list if u.index % num_shards == shard and u.index in unfinished]
     jobs = [_Job(u, str(directory), tok.path, dtype, data.shard_tokens, data.val_fraction, data.txt_documents,
                  data.jsonl_field, data.parquet_column) for u in todo]
     workers = max(1, min(num_workers or os.cpu_count() or 1, len(jobs)))
@@ -329,6 +333,11 @@ def prepare(data, num_workers: int = 0, num_shards: int = 1, shard: int = 0, log
                   "inputs": [dataclasses.asdict(u) | {"fingerprint": readers.file_fingerprint(Path(u.path))}
                              for u in unit_list]}
         store.write_index(directory, header, len(unit_list))
+    elif finalize:
+        files = ", ".join(f"{unit_list[u].path} (unit {u})" for u in missing[:5]) + ", ..." * (len(missing) > 5)
+        raise DataError(f"{directory}: {len(missing)} of {len(unit_list)} input files are not prepared yet: {files}; "
+                        "no index written. Run their slices again (unit i belongs to --shard=i mod --num_shards), or "
+                        "python -m data.prepare without --num_shards to prepare them here")
     elif num_shards == 1:
         raise DataError(f"preparing {directory} left units {missing[:5]} unfinished; run it again to resume")
     return directory

@@ -1,7 +1,9 @@
 """The token store: a corpus tokenized once into fixed-size shards, memory-mapped for training.
 
 A store is a directory. Its inputs are cut into work units (one per input file, in order); unit u writes parts
-p = 0, 1, ... of at most `shard_tokens` training tokens each (and the validation tokens read meanwhile):
+p = 0, 1, ..., each written as soon as either split in it reaches `shard_tokens` tokens (documents are not cut: the
+split that reached it may exceed `shard_tokens` by its last document, the other holds fewer, so a writer holds fewer
+than 2 x `shard_tokens` tokens plus one document, whatever the size or split of the file):
 
   u00003-p0001.train.npy  u00003-p0001.val.npy       tokens, eos after every document (uint16 or int32)
   u00003-p0001.train.docs.npy  ...val.docs.npy       int64 start offset of every document in the part
@@ -9,7 +11,8 @@ p = 0, 1, ... of at most `shard_tokens` training tokens each (and the validation
   u00003.json                                        the unit's totals: the unit is done
   store.json                                         the index of a complete store: every part, in order
 
-Every file is written under a temporary name and renamed, so a killed preparation leaves no partial part that a
+Every file is written under a temporary name, flushed to disk (fsync, and its directory's after the rename) and
+renamed, so neither a killed preparation nor a machine crash leaves a partial part, or a marker over one, that a
 later run would read: it resumes at the first part without its .json (skipping the documents the earlier parts
 consumed, without tokenizing them). Parts are a function of the inputs alone, not of the number of workers or
 machines that wrote them, so slices of the units prepared on different machines form one store.
@@ -37,13 +40,36 @@ def part_name(unit: int, part: int) -> str:
     return f"u{unit:05d}-p{part:04d}"
 
 
-def _write_atomic(path: Path, write) -> None:
-    """write(file object) into `path` through a temporary file; a failure leaves nothing at `path`."""
+def _sync_directory(directory: Path) -> None:
+    """fsync a directory, so the renames in it survive a machine crash (skipped where the filesystem cannot)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError as e:
+        if e.errno in (errno.EACCES, errno.EISDIR):  # no directory handles here (e.g. Windows)
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):  # filesystems that do not sync directories
+            raise
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: Path, write, sync_directory: bool = True) -> None:
+    """write(file object) into `path` through a temporary file, fsynced before the rename that publishes it and
+    (sync_directory) its directory after: once this returns, `path` holds the whole file even after a machine crash
+    (so a marker written later never survives the files it marks); a failure leaves nothing at `path`."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
+        if sync_directory:
+            _sync_directory(path.parent)
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
         fix = "free disk space or set data.cache_dir to a larger disk" if e.errno == errno.ENOSPC else \
@@ -67,7 +93,8 @@ def read_json(path: Path):
 
 
 class PartWriter:
-    """Accumulates one unit's documents and writes a part whenever `shard_tokens` training tokens are in it."""
+    """Accumulates one unit's documents and writes a part as soon as either split holds `shard_tokens` tokens (that
+    split at most one document more, the other fewer)."""
 
     def __init__(self, directory: Path, unit: int, dtype, shard_tokens: int, eos_id: int, start_part: int = 0,
                  documents_read: int = 0):
@@ -89,7 +116,7 @@ class PartWriter:
         self.tokens[split] += len(ids) + 1
         self.bytes[split] += nbytes
         self.documents_read += 1
-        if self.tokens["train"] >= self.shard_tokens:
+        if self.tokens[split] >= self.shard_tokens:  # only this split grew: the other is still below
             self.flush()
 
     def skip(self) -> None:
@@ -106,9 +133,10 @@ class PartWriter:
             tokens = np.concatenate(self.chunks[s]) if self.chunks[s] else np.zeros(0, self.dtype)
             starts = np.concatenate([[0], np.cumsum(self.lengths[s])[:-1]]).astype(np.int64) if self.lengths[s] \
                 else np.zeros(0, np.int64)
-            _write_atomic(self.directory / f"{name}.{s}.npy", lambda f, t=tokens: np.save(f, t))
-            _write_atomic(self.directory / f"{name}.{s}.docs.npy", lambda f, d=starts: np.save(f, d))
+            _write_atomic(self.directory / f"{name}.{s}.npy", lambda f, t=tokens: np.save(f, t), False)
+            _write_atomic(self.directory / f"{name}.{s}.docs.npy", lambda f, d=starts: np.save(f, d), False)
             record[s] = {"tokens": int(len(tokens)), "documents": len(self.lengths[s]), "bytes": self.bytes[s]}
+        _sync_directory(self.directory)  # the four renames above on disk before the marker
         write_json(self.directory / f"{name}.json", record)  # last: the part is done
         self.part += 1
         self._reset()
