@@ -1,6 +1,8 @@
 """Extras as ablatable switches: sliding-window attention, whole-word masking, int8 evaluation, embedding probes
 and attention maps."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -206,13 +208,27 @@ def test_embedding_neighbours_and_analogy(gpt_workdir):
     assert len(hits) == 5
 
 
-def test_attention_maps_shapes_and_causality(gpt_workdir, tmp_path):
-    from train import sample
+def test_attention_maps_shapes_and_causality(gpt_workdir, tmp_path, monkeypatch):
+    import json
 
+    from train import introspect, sample
+
+    drawn = {}
+    real = introspect.write_attention_png
+    monkeypatch.setattr(introspect, "write_attention_png",
+                        lambda path, maps, labels: (drawn.update(maps=maps, labels=labels), real(path, maps, labels)))
     png = tmp_path / "att.png"
     lines = []
     sample.sample(gpt_workdir, out=lines.append, text="And God said", attention_png=str(png))
-    assert png.stat().st_size > 1000 and "2 layers x 2 heads" in lines[-1]
+    cfg = json.loads((Path(gpt_workdir) / "config.json").read_text())["model_config"]
+    maps, (rows, cols) = drawn["maps"], drawn["labels"]["self-attention"]
+    n = len(rows)  # eos + the text's tokens, as in training
+    assert list(maps) == ["self-attention"] and n == len(cols) > 3
+    assert maps["self-attention"].shape == (cfg["n_layers"], cfg["n_heads"], n, n)
+    np.testing.assert_allclose(maps["self-attention"].sum(-1), 1, atol=1e-5)  # each query's weights are a softmax
+    above = np.triu(np.ones((n, n), bool), 1)
+    assert (maps["self-attention"][..., above] == 0).all() and (maps["self-attention"][..., ~above] > 0).all()
+    assert png.stat().st_size > 1000 and f"{cfg['n_layers']} layers x {cfg['n_heads']} heads" in lines[-1]
 
 
 def test_attention_maps_gpt_lower_triangular_bert_not():
