@@ -68,7 +68,8 @@ class ModelConfig:
     output_bias: bool = False  # Bias on the output projection.
     dtype: str = "float32"  # Compute dtype: 'float32', 'bfloat16' or 'auto' (bfloat16 on accelerators).
     param_dtype: str = "float32"  # Storage dtype of parameters: 'float32' or 'bfloat16'.
-    attention_window: int = 0  # Local self-attention sees only keys within this many positions (0 = full attention).
+    attention_window: int = 0  # Local self-attention: causal keys in (q - n, q], bidirectional |q - k| < n (n - 1 each
+    #   side); 0 = full attention.
     attention_pattern: str = ""  # Per-layer 'L' (local, attention_window) / 'G' (global), repeated over each stack's
     #   depth, e.g. 'LLG' ('' = every layer local if attention_window > 0, else global).
     attention_soft_cap: float = 0.0  # Attention scores (position bias included) -> c * tanh(s / c) (0 = off).

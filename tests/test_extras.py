@@ -25,6 +25,19 @@ def test_window_mask_is_local():
     np.testing.assert_array_equal(both, np.abs(q - k) < 3)
 
 
+def test_the_modern_suite_says_how_far_its_window_reaches():
+    # attention_window=n keeps |q - k| < n in a bidirectional stack: n - 1 keys on each side of the query.
+    import re
+
+    from experiments.suites import modern
+
+    n = modern.MODERN["bert-modern"]["overrides"]["model.attention_window"]
+    side = int(re.search(r"(\d+) each side here", " ".join(modern.__doc__.split()))[1])
+    row = np.asarray(masks.window(4 * n, None, n, causal=False))[0, 0, 2 * n]
+    keys = np.flatnonzero(row)
+    assert (2 * n - keys.min(), keys.max() - 2 * n) == (side, side) == (n - 1, n - 1)
+
+
 def test_window_must_be_non_negative():
     with pytest.raises(model.ConfigError, match="model.attention_window"):
         tiny(attention_window=-1)

@@ -1,5 +1,6 @@
 """Local / global attention patterns (model.attention_pattern over model.attention_window): all global, all local,
-Gemma 2's alternation and ModernBERT's global-every-third, with a 16-token window on 64-token sequences.
+Gemma 2's alternation and ModernBERT's global-every-third, with model.attention_window=16 on 64-token sequences (a
+causal query sees itself and the 15 tokens before it, a bidirectional one 15 on each side).
 
   python -m experiments.sweep --sweep=experiments/ablations/attention_pattern.py --workdir=runs/pattern
 

@@ -6,8 +6,9 @@
 Each modern contender keeps its family's objective and the default suite's `tiny` shape, corpus, tokenizer, batch
 and budget, and takes the layers and training of its family's current recipe:
 - bert-modern (ModernBERT, Warner et al. 2024): RoPE, no biases, GeGLU, an embedding norm, global attention in every
-  third block and a local window elsewhere (32 each side here, for 128-token sequences; ModernBERT: 64 of 8,192),
-  30% masking, AdamW with a warmup-stable-decay schedule.
+  third block and a local window elsewhere (model.attention_window=32 keeps |q - k| < 32: 31 each side here, for
+  128-token sequences; ModernBERT's 128-token window is 64 each side, of 8,192), 30% masking, AdamW with a
+  warmup-stable-decay schedule.
 - gpt-modern (nanochat, modded-nanogpt): RoPE, RMSNorm, no biases, ReLU^2, QK-norm, output logits soft-capped at
   15, Muon on the block matrices with AdamW on the rest, warmup-stable-decay.
 - t5-modern (T5 v1.1 and its successors): RMSNorm, no biases, GeGLU, T5's relative position buckets, AdamW with
