@@ -42,7 +42,7 @@ from experiments.configs import finetune
 from experiments.planning import SweepError
 from model import scoring
 from train import errors, loop
-from train.workdir import load_workdir
+from train.workdir import load_workdir, read_record
 
 TASKS = probe_data.TASKS
 REQUEST_FILE = "probe.json"
@@ -293,6 +293,8 @@ def main(argv: list[str]) -> None:
             overrides[key] = value
     with errors.one_line():
         logging.set_verbosity(logging.WARNING)
+        if fv.pretrained:  # a bad path is named by the flag it came from, not the --config.init_from it becomes
+            read_record(fv.pretrained, "--pretrained")
         if fv.zero_shot:
             if not fv.pretrained:
                 raise SweepError("--zero_shot scores a pretrained model: pass --pretrained=<workdir>")

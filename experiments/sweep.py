@@ -65,11 +65,12 @@ def load_sweep(path: str) -> dict:
     return sweep
 
 
-def expand(sweep: dict, cli_overrides: dict[str, Any] | None = None, seeds: int = 0) -> list[Run]:
-    """The runs of a sweep dict (see the module docstring), in grid order, seeds innermost; seeds > 0: seeds 0 ..
-    seeds-1 instead of the sweep's list."""
-    if seeds < 0:
-        raise SweepError(f"--seeds={seeds}: give N >= 1 (seeds 0 .. N-1) or 0 for the sweep file's seeds list")
+def expand(sweep: dict, cli_overrides: dict[str, Any] | None = None, seeds: int | None = None) -> list[Run]:
+    """The runs of a sweep dict (see the module docstring), in grid order, seeds innermost; seeds N: seeds 0 ..
+    N-1 instead of the sweep's list (None: the list)."""
+    if seeds is not None and seeds < 1:
+        raise SweepError(f"--seeds={seeds}: give N >= 1 (seeds 0 .. N-1), or leave --seeds out for the sweep file's "
+                         "seeds list")
     grid = sweep["grid"]
     seeds = list(range(seeds)) if seeds else sweep.get("seeds", [0])
     axes = []  # (axis name, [(label, overrides), ...])
@@ -149,9 +150,9 @@ def cli_overrides(fv) -> dict[str, Any]:
 
 
 def run_sweep(sweep_path: str, workdir: str, budget: tuple[str, float] | None, evals: int,
-              overrides: dict[str, Any], dry_run: bool, log=print, seeds: int = 0) -> list[Run]:
-    """Plans (and unless dry_run trains) every run of an ablation file, then writes the report; seeds > 0 replaces
-    the file's seeds list by 0 .. seeds-1."""
+              overrides: dict[str, Any], dry_run: bool, log=print, seeds: int | None = None) -> list[Run]:
+    """Plans (and unless dry_run trains) every run of an ablation file, then writes the report; seeds N replaces
+    the file's seeds list by 0 .. N-1."""
     sweep = load_sweep(sweep_path)
     runs = expand(sweep, overrides, seeds)
     if budget is not None:
@@ -188,7 +189,7 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     flags.DEFINE_string("sweep", None, "Ablation file defining get_sweep(), e.g. experiments/ablations/position.py.")
-    flags.DEFINE_integer("seeds", 0, "Seeds per point: N = config.seed 0 .. N-1 (3 or more for the report to test "
-                         "the differences); 0 = the sweep file's seeds list.")
+    flags.DEFINE_integer("seeds", None, "Seeds per point: N >= 1 = config.seed 0 .. N-1 (3 or more for the report "
+                         "to test the differences); left out: the sweep file's seeds list.")
     define_budget_flags(flags.FLAGS)
     sys.exit(errors.run_app(main))

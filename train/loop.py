@@ -49,7 +49,7 @@ def vocab_size(config: ml_collections.ConfigDict, data) -> int:
     """The model's vocabulary: the tokenizer's, or, starting from a pretrained model whose table is that padded to a
     multiple of 128 rows (Hugging Face's t5-small: 32,128 for its tokenizer's 32,100 ids), the table's."""
     if config.init_from:
-        table = workdir_lib.read_record(config.init_from)["model_config"]["vocab_size"]
+        table = workdir_lib.read_record(config.init_from, "--config.init_from")["model_config"]["vocab_size"]
         if 0 <= table - data.vocab_size < 128 and table % 128 == 0:
             return table
     return data.vocab_size

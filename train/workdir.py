@@ -110,22 +110,24 @@ def read_summary(workdir: str) -> dict | None:
         return json.load(f)
 
 
-def record_path(path: str) -> str:
-    """config.json of the workdir that `path` is, or holds (its checkpoints/ folder or a step folder in it)."""
+def record_path(path: str, flag: str = "--workdir") -> str:
+    """config.json of the workdir that `path` is, or holds (its checkpoints/ folder or a step folder in it); `flag`
+    names where the path came from in the error."""
     p = os.path.abspath(path)
     for _ in range(3):
         if os.path.isfile(os.path.join(p, CONFIG_FILE)):
             return os.path.join(p, CONFIG_FILE)
         p = os.path.dirname(p)
-    fail(f"--workdir={path} has no {CONFIG_FILE} (nor has the workdir above it): pass a directory written by "
+    fail(f"{flag}={path} has no {CONFIG_FILE} (nor has the workdir above it): pass a directory written by "
          "train.main or experiments.hf_import")
 
 
-def read_record(workdir: str) -> dict:
-    """The contents of config.json of `workdir` (or of the workdir a checkpoint path belongs to)."""
+def read_record(workdir: str, flag: str = "--workdir") -> dict:
+    """The contents of config.json of `workdir` (or of the workdir a checkpoint path belongs to); `flag` names the
+    flag the path came from in errors (--config.init_from=..., --pretrained=...)."""
     if not os.path.exists(workdir):
-        fail(f"--workdir={workdir} does not exist: pass a directory written by train.main or experiments.hf_import")
-    path = record_path(workdir)
+        fail(f"{flag}={workdir} does not exist: pass a directory written by train.main or experiments.hf_import")
+    path = record_path(workdir, flag)
     with open(path) as f:
         record = json.load(f)
     for key in ("config", "model_config"):
@@ -151,7 +153,7 @@ def inherit_pretrained(config: ml_collections.ConfigDict) -> None:
     if config.init_from and config.task.model_from and config.init_from != config.task.model_from:
         fail(f"init_from={config.init_from!r} and task.model_from={config.task.model_from!r} differ; set only one "
              "(model_from is for a random-init model shaped like a pretrained one)")
-    record = read_record(source)
+    record = read_record(source, "--config.init_from" if config.init_from else "--config.task.model_from")
     for k, v in record["model_config"].items():
         config.model[k] = v
     probe = config.task.name in probes.TASKS
@@ -170,24 +172,25 @@ def inherit_pretrained(config: ml_collections.ConfigDict) -> None:
                  " and corpus" if probe else "", record_path(source))
 
 
-def load_workdir(workdir: str):
+def load_workdir(workdir: str, flag: str = "--workdir"):
     """(config, model_cfg, model, params, tokenizer) of a workdir written by train.main or experiments.hf_import.
 
     config is the experiment ConfigDict from config.json; params the newest checkpoint's parameters on the first
     device; tokenizer the one recorded in config.json (rebuilt through data.pipeline if its file is gone), or None
     when the workdir has none (an imported Hugging Face model: pass token ids). Raises UserError for a workdir
-    that is not one, has no checkpoint yet, or whose tokenizer does not fit the model.
+    that is not one, has no checkpoint yet, or whose tokenizer does not fit the model, naming `flag` (the flag the
+    path came from).
     """
     if not os.path.isdir(workdir):
-        fail(f"--workdir={workdir} does not exist: pass a directory written by train.main or experiments.hf_import")
-    record = read_record(workdir)
+        fail(f"{flag}={workdir} does not exist: pass a directory written by train.main or experiments.hf_import")
+    record = read_record(workdir, flag)
     config = saved_config(record)
     model_cfg = model_lib.from_dict(record["model_config"])
     model = model_lib.build(model_cfg)
     ckpt_dir = checkpoint_dir(workdir)
     if not (os.path.isdir(ckpt_dir) and any(n.isdigit() and os.path.exists(os.path.join(ckpt_dir, n, "state"))
                                             for n in os.listdir(ckpt_dir))):
-        fail(f"--workdir={workdir} has no checkpoint yet (checkpoints/<step>/state): train it first, or wait "
+        fail(f"{flag}={workdir} has no checkpoint yet (checkpoints/<step>/state): train it first, or wait "
              "for its first checkpoint (train.checkpoint_every)")
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
@@ -195,15 +198,15 @@ def load_workdir(workdir: str):
     try:
         params = checkpoint.load_params(workdir, abstract)
     except checkpoint.CheckpointError as e:
-        fail(f"--workdir={workdir}: {str(e).removeprefix('init_from: ')}")
-    tokenizer = _load_tokenizer(record, config, workdir)
+        fail(f"{flag}={workdir}: {str(e).removeprefix('init_from: ')}")
+    tokenizer = _load_tokenizer(record, config, workdir, flag)
     if tokenizer is not None and tokenizer.vocab_size > model_cfg.vocab_size:
-        fail(f"--workdir={workdir}: the tokenizer {tokenizer.path or 'byte'} has {tokenizer.vocab_size} tokens "
+        fail(f"{flag}={workdir}: the tokenizer {tokenizer.path or 'byte'} has {tokenizer.vocab_size} tokens "
              f"but the model has model.vocab_size={model_cfg.vocab_size}")
     return config, model_cfg, model, params, tokenizer
 
 
-def _load_tokenizer(record: dict, config, workdir: str):
+def _load_tokenizer(record: dict, config, workdir: str, flag: str):
     """The workdir's tokenizer, or None if config.json records none (an imported model)."""
     recorded = record.get("data", {}).get("tokenizer")
     if recorded is None:
@@ -215,5 +218,5 @@ def _load_tokenizer(record: dict, config, workdir: str):
     try:  # The cached file is gone: rebuild it from the recorded data config (a tokenizer-cache hit if possible).
         return pipeline.build(config).tokenizer
     except DataError as e:
-        raise DataError(f"--workdir={workdir}: its tokenizer {recorded} is gone and rebuilding it from config.json "
+        raise DataError(f"{flag}={workdir}: its tokenizer {recorded} is gone and rebuilding it from config.json "
                         f"failed: {e}") from None
