@@ -19,6 +19,9 @@ curves of all contenders are sampled at the same fractions of the budget.
 
 Zero-shot probes (`--zero_shot=next_sentence,word_order`, default: the suite's, both for the default suite): after
 training, each contender scores the probe pairs with its own objective, no training (experiments/probes.py).
+BLiMP (`--blimp=N`, default: the suite's, 30 for the default suite): after training, each contender scores the
+fixed subset of N minimal pairs per BLiMP paradigm (experiments/blimp.py; N = 1000 is all of BLiMP) with its own
+objective, as the BabyLM pipeline scores each family; the report gains the overall and per-field BLiMP columns.
 Probes (`--probes=next_sentence,word_order`, default: the suite's, both for the default suite; `--probes=` skips
 them): after training, every contender is fine-tuned on each probe task with one recipe
 (experiments/configs/finetune.py), and so is the same model from a random init, the baseline; the report gains a
@@ -50,6 +53,7 @@ import sys
 from absl import flags
 
 from data.probes import TASKS as PROBE_TASKS
+from experiments import blimp as blimp_lib
 from experiments import planning, report, suites, sweep
 from experiments import probes as probes_lib
 from experiments.planning import Run, SweepError
@@ -145,15 +149,19 @@ def compare(workdir: str, suite_name: str = "default", contenders: list[str] | N
             budget: tuple[str, float] | None = None, evals: int = 0, overrides: dict | None = None,
             param_tolerance: float | None = None, dry_run: bool = False, probes: tuple[str, ...] | None = None,
             probe_overrides: dict | None = None, zero_shot: tuple[str, ...] | None = None, seeds: int = 1,
-            log=print) -> list[Run]:
+            blimp: int | None = None, log=print) -> list[Run]:
     """Plans, trains (unless dry_run), probes and reports a suite; returns the planned runs (every seed's).
 
-    probes, zero_shot: probe tasks to fine-tune on and to score zero-shot (None = the suite's); probe_overrides:
+    probes, zero_shot: probe tasks to fine-tune on and to score zero-shot (None = the suite's); blimp: BLiMP pairs
+    per paradigm to score (None = the suite's, 0 = none); probe_overrides:
     {'train.steps': 50, ...} for every fine-tuning run; seeds: 1 (each contender once, its config's seed) or N
     (seeds 0 .. N-1 each; see the module docstring)."""
     suite = suites.load(suite_name)
     probes = tuple(suite["probes"] if probes is None else probes)
     zero_shot = tuple(suite["zero_shot"] if zero_shot is None else zero_shot)
+    blimp = suite["blimp"] if blimp is None else blimp
+    if not 0 <= blimp <= 1000:
+        raise SweepError(f"--blimp={blimp}: give the BLiMP pairs per paradigm to score, 1 to 1000 (all), or 0 for none")
     for flag, tasks in (("--probes", probes), ("--zero_shot", zero_shot)):
         unknown = [t for t in tasks if t not in PROBE_TASKS]
         if unknown:
@@ -210,6 +218,8 @@ def compare(workdir: str, suite_name: str = "default", contenders: list[str] | N
         rundir = os.path.join(workdir, r.name)
         if zero_shot:
             probes_lib.zero_shot_contender(rundir, tasks=zero_shot, log=log)
+        if blimp:
+            blimp_lib.blimp_contender(rundir, blimp, log=log)
         if probes:
             probes_lib.probe_contender(rundir, tasks=probes, overrides=probe_overrides_of(r), log=log)
 
@@ -230,7 +240,8 @@ def main(argv: list[str]) -> None:
 
         compare(fv.workdir, fv.suite, names, sweep.budget_from_flags(fv), fv.evals, sweep.cli_overrides(fv),
                 fv.param_tolerance if fv.param_tolerance >= 0 else None, fv.dry_run, tasks(fv.probes),
-                {"train.steps": fv.probe_steps} if fv.probe_steps else None, tasks(fv.zero_shot), fv.seeds)
+                {"train.steps": fv.probe_steps} if fv.probe_steps else None, tasks(fv.zero_shot), fv.seeds,
+                fv.blimp if fv.blimp >= 0 else None)
 
 
 if __name__ == "__main__":
@@ -241,6 +252,8 @@ if __name__ == "__main__":
     flags.DEFINE_integer("probe_steps", 0, "Fine-tuning steps per probe run (0 = the recipe's).")
     flags.DEFINE_string("zero_shot", None, "Comma-separated probe tasks every contender scores zero-shot after "
                         "training ('' = none; unset = the suite's).")
+    flags.DEFINE_integer("blimp", -1, "BLiMP pairs per paradigm every contender scores zero-shot after training "
+                         "(the fixed subset; 1000 = all 67,000 pairs; 0 = none; -1 = the suite's).")
     flags.DEFINE_integer("seeds", 1, "Seeds per contender: 1 = once, with the config's seed, in <workdir>/<name>; "
                          "N = config.seed 0 .. N-1, each in <workdir>/<name>-seed=<s> (3 or more to test the "
                          "differences).")

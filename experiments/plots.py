@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from experiments.tables import interval, probe_header
+
 
 def _pyplot():
     """matplotlib.pyplot on the Agg backend (files only, no display). Imported here rather than at the top: pyplot is
@@ -96,6 +98,77 @@ def plot_throughput(groups: list[dict], path: str, of: str) -> None:
         ax.grid(alpha=0.3, axis="x")
     seeds = " Bars: mean over seeds, whiskers: standard deviation." if any(g["n"] > 1 for g in groups) else ""
     fig.suptitle(f"Training throughput (median step time, compile excluded).{seeds}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _bars(ax, groups: list[dict], key: str, y0: float = 0.0, height: float = 0.8, legend: bool = False) -> list[str]:
+    """Horizontal bars of `key` (an accuracy) per group with 95% whiskers (experiments.tables.interval): at rows
+    y0, y0 + 1, ... or, with height < 0.8, side by side within [y0, y0 + height); returns what the whiskers are."""
+    kinds = []
+    for i, g in enumerate(groups):
+        v = g.get(key)
+        if v is None:
+            continue
+        half, kind = interval(g, key)
+        kinds.append(kind)
+        ax.barh(y0 + i * height / len(groups) if height < 0.8 else y0 + i, 100 * v,
+                height=height / len(groups) if height < 0.8 else 0.7, color=_color(i),
+                xerr=None if half is None else 100 * half, error_kw={"capsize": 2, "lw": 1},
+                label=g["group"] if legend else None)
+    return kinds
+
+
+def plot_yardsticks(groups: list[dict], keys: list[str], path: str) -> None:
+    """One panel per shared yardstick (probe and BLiMP columns: accuracies of balanced pairs, chance 50%), a bar per
+    group with its 95% interval."""
+    plt = _pyplot()
+    cols = min(4, len(keys))
+    rows = -(-len(keys) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 0.9 + (0.35 * len(groups) + 0.9) * rows),
+                             squeeze=False)
+    kinds = set()
+    for ax, key in zip(axes.flat, keys, strict=False):
+        kinds.update(_bars(ax, groups, key))
+        ax.axvline(50, color="gray", ls="--", lw=1)
+        ax.set_yticks(range(len(groups)), [g["group"] for g in groups], fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlim(0, 100)
+        ax.set_title(probe_header(key), fontsize=9)
+        ax.grid(alpha=0.3, axis="x")
+        ax.tick_params(axis="x", labelsize=8)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    fig.suptitle("Shared yardsticks: accuracy (%) per contender; dashed: chance (50%); whiskers: "
+                 + "; ".join(sorted(k for k in kinds if k)), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_blimp_phenomena(groups: list[dict], path: str, published: dict[str, dict[str, float]]) -> None:
+    """BLiMP accuracy per phenomenon: grouped bars per group with 95% intervals, and the published models of the
+    BLiMP paper as markers (`published`: {model: {'phenomenon/<term>': accuracy}})."""
+    plt = _pyplot()
+    terms = sorted({k.removeprefix("blimp/") for g in groups for r in g["members"] for k in r
+                    if k.startswith("blimp/")})
+    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.5 * len(terms)))
+    kinds = set()
+    for t, term in enumerate(terms):
+        kinds.update(_bars(ax, groups, f"blimp/{term}", y0=t - 0.4, height=0.75, legend=t == 0))
+    markers = {"gpt2": ("GPT-2 (BLiMP paper)", "D", "black"), "ngram": ("5-gram (BLiMP paper)", "s", "silver")}
+    for model, (label, marker, color) in markers.items():
+        xs = [100 * published.get(model, {}).get(f"phenomenon/{term}", np.nan) for term in terms]
+        ax.scatter(xs, np.arange(len(terms)) - 0.4 + 0.375, marker=marker, color=color, s=28, zorder=3, label=label)
+    ax.axvline(50, color="gray", ls="--", lw=1)
+    ax.set_yticks(range(len(terms)), [t.replace("_", " ") for t in terms], fontsize=9)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("BLiMP accuracy (%): mean over the phenomenon's paradigms; dashed: chance")
+    ax.grid(alpha=0.3, axis="x")
+    ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=4, frameon=False)
+    fig.suptitle("BLiMP per phenomenon; whiskers: " + "; ".join(sorted(k for k in kinds if k)), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

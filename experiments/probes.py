@@ -203,24 +203,32 @@ def per_pair_path(rundir: str, task: str) -> str:
     return os.path.join(rundir, planning.PER_PAIR_DIR, f"{task}.json")
 
 
-def zero_shot(workdir: str, tasks=TASKS, log=print) -> dict[str, dict]:
-    """{task: {'accuracy', 'pairs', 'left_out', 'wall_s', 'per_pair'}}: the probe-eval pairs of each task scored by
-    the pretrained model in `workdir` (see the module docstring); per_pair: {'pair': index of each scored pair
-    among the task's evaluation pairs, 'correct': its result (pair_correct), 'examples_sha': which pairs those are}."""
-    config, _, model, params, tok = load_workdir(workdir)
+def scorer(model, params, tok, workdir: str, what: str):
+    """score(contexts, targets) -> (N,) log-likelihoods of each target given its context under the workdir's own
+    objective (model/scoring.py): GPT after its start token (eos), BERT and T5 as pseudo-log-likelihoods."""
     if tok is None:
-        raise SweepError(f"zero-shot probes: {workdir} has no tokenizer to build the probe texts with")
+        raise SweepError(f"{what}: {workdir} has no tokenizer to encode the texts with (an imported model)")
     arch = model.cfg.arch
     if arch == "gpt":
         def score(contexts, targets):
             return scoring.causal_scores(model, params, contexts, targets, start_id=tok.eos_id)
-    else:
+    elif arch in ("bert", "t5"):
         mask = (dict(mask_id=tok.mask_id, end_id=tok.sep_id, cls_id=tok.cls_id) if arch == "bert"
                 else dict(mask_id=tok.sentinel_id(0), end_id=tok.eos_id))
 
         def score(contexts, targets):
             return scoring.pseudo_scores(model, params, contexts, targets, **mask)
+    else:
+        raise SweepError(f"{what}: {workdir} is a {arch} model; texts are scored by gpt, bert and t5 models")
+    return score
 
+
+def zero_shot(workdir: str, tasks=TASKS, log=print) -> dict[str, dict]:
+    """{task: {'accuracy', 'pairs', 'left_out', 'wall_s', 'per_pair'}}: the probe-eval pairs of each task scored by
+    the pretrained model in `workdir` (see the module docstring); per_pair: {'pair': index of each scored pair
+    among the task's evaluation pairs, 'correct': its result (pair_correct), 'examples_sha': which pairs those are}."""
+    config, _, model, params, tok = load_workdir(workdir)
+    score = scorer(model, params, tok, workdir, "zero-shot probes")
     results = {}
     for task in tasks:
         t0 = time.perf_counter()

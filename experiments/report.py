@@ -26,16 +26,18 @@ import sys
 import jax
 import numpy as np
 
+from data import minimal_pairs
 from experiments import hardware, plots, stats
 from experiments.planning import FAILED_FILE, PER_PAIR_DIR, RUN_FILE, read_plan
 from experiments.report_text import budget_line, notes, objective_names, objective_of
-from experiments.significance import lead, lead_line, significance, significance_table
+from experiments.significance import lead, lead_line, significance, significance_table, yardsticks
 from experiments.tables import markdown_table, si, tables
 from train.objectives import TokenObjective
 
 OBJECTIVES = TokenObjective.DESCRIPTIONS  # name -> (short name, what its loss is)
 BPB_OBJECTIVES = TokenObjective.COMPRESSES  # where nats per byte of predicted text are a compression rate
 PLOTS = ("eval_loss_vs_flops.png", "eval_loss_vs_time.png", "throughput.png")
+YARDSTICK_PLOTS = ("yardsticks.png", "blimp_phenomena.png")  # drawn when some contender has the columns
 
 
 _TEXT_KEYS = {"group", "architecture", "objective", "objective_id", "objective_name", "name", "arch", "n",
@@ -133,12 +135,33 @@ def run_row(name: str, summary: dict, config: dict, meta: dict, plan_hw: dict | 
     }
     for task, acc in (s.get("probes") or {}).items():
         row[f"probe/{task}"] = acc
+        row[f"eval_se/probe/{task}"] = _eval_se(s, task, acc)
+    for term, r in ((s.get("blimp") or {}).get("linguistics_term") or {}).items():  # the phenomena, for a plot
+        row[f"blimp/{term}"], row[f"eval_se/blimp/{term}"] = r["accuracy"], r["se"]
     # Evaluation sizes behind the probe columns (for their standard errors): examples, and zero-shot pairs.
     sizes = [r.get("examples") for r in ((s.get("probe_results") or {}).get("pretrained") or {}).values()]
     pairs = [r.get("pairs") for r in (s.get("zero_shot_results") or {}).values()]
     row["probe_examples"] = min((n for n in sizes if n), default=None)
     row["zero_shot_pairs"] = min((n for n in pairs if n), default=None)
     return row
+
+
+def _eval_se(summary: dict, column: str, acc: float) -> float | None:
+    """The standard error of one run's probe column from its evaluation examples alone (what a single seed's
+    interval can show): BLiMP's from its paradigms (experiments/blimp.py), a probe's binomial sqrt(p (1 - p) / n)."""
+    blimp = summary.get("blimp") or {}
+    task = column.removesuffix(" (zero-shot)")
+    if task == "blimp" and blimp:
+        return blimp["overall"]["se"]
+    if task.startswith("blimp_") and task[6:] in (blimp.get("field") or {}):
+        return blimp["field"][task[6:]]["se"]
+    if column.endswith(" (zero-shot)"):
+        n = ((summary.get("zero_shot_results") or {}).get(task) or {}).get("pairs")
+    else:
+        kind = "random_init" if task.endswith(" (random init)") else "pretrained"
+        n = (((summary.get("probe_results") or {}).get(kind) or {}).get(task.removesuffix(" (random init)"))
+             or {}).get("examples")
+    return math.sqrt(acc * (1 - acc) / n) if n else None
 
 
 def _per_pair(rundir: str, summary: dict) -> dict:
@@ -273,7 +296,15 @@ def build(workdir: str) -> str:
     if left_out:
         body += [f"Runs in {workdir} that plan.json does not list (another request's), left out: "
                  + ", ".join(left_out), ""]
-    body += [f"![{p[:-4]}]({p})" for p in PLOTS]
+    pictures = list(PLOTS)
+    sticks = [y["key"] for y in yardsticks(groups) if y["key"].startswith("probe/")]
+    if sticks:
+        plots.plot_yardsticks(groups, sticks, os.path.join(workdir, YARDSTICK_PLOTS[0]))
+        pictures.append(YARDSTICK_PLOTS[0])
+    if any(k.startswith("blimp/") for g in groups for k in g):
+        plots.plot_blimp_phenomena(groups, os.path.join(workdir, YARDSTICK_PLOTS[1]), minimal_pairs.published())
+        pictures.append(YARDSTICK_PLOTS[1])
+    body += [f"![{p[:-4]}]({p})" for p in pictures]
     with open(os.path.join(workdir, "report.md"), "w") as f:
         f.write("\n".join(body) + "\n")
     plots.plot_loss(groups, "flops", os.path.join(workdir, PLOTS[0]), objective_names(groups))
@@ -288,7 +319,7 @@ def build(workdir: str) -> str:
               "significance": records, "alpha": stats.ALPHA,
               "runs": [{k: v for k, v in r.items() if k != "examples"} | {"per_example": sorted(r["examples"])}
                        for r in rows],
-              "failed": failed, "left_out": left_out, "plots": list(PLOTS)}
+              "failed": failed, "left_out": left_out, "plots": pictures}
     with open(os.path.join(workdir, "report.json"), "w") as f:
         json.dump(_clean(record), f, indent=2, default=str)
     return "\n".join(shown).rstrip()

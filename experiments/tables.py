@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 
+from scipy import stats as scipy_stats
+
 
 def si(x: float, unit: str = "") -> str:
     for p, s in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
@@ -102,3 +104,16 @@ def markdown_table(groups: list[dict], cols: list[tuple]) -> str:
     lines = ["| " + " | ".join(c[1] for c in cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(cell(g, c) for c in cols) + " |" for g in groups]
     return "\n".join(lines)
+
+
+def interval(row: dict, key: str) -> tuple[float | None, str]:
+    """(half-width of the 95% interval of a group's column, what it is from): with 2+ seeds, Student's t over the
+    seeds' values (t_{0.975, n-1} x the standard error of their mean); with one, the run's own evaluation examples
+    (1.96 x the standard error of its accuracy over its pairs or examples, `eval_se/<key>`); None without either."""
+    n, se = row.get(f"{key}_n", row.get("n", 1)), row.get(f"{key}_se")
+    if n > 1 and se is not None:
+        return float(scipy_stats.t.ppf(0.975, n - 1) * se), f"95% t-interval over {n} seeds"
+    eval_se = row.get(f"eval_se/{key}")
+    if eval_se is not None:
+        return 1.96 * eval_se, "95% interval over the evaluation pairs or examples of one run"
+    return None, ""

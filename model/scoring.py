@@ -21,18 +21,36 @@ import numpy as np
 
 from model.config import ConfigError
 
-_ROWS = 256  # rows per compiled call; every call has this many rows (the last padded), so one compile per length
+_TOKENS = 8192  # token positions per compiled call (rows x padded length)
 
 
-def _padded(rows: list[list[int]], pad_id: int, max_len: int) -> np.ndarray:
-    longest = max(map(len, rows))
-    if longest > max_len:
-        raise ConfigError(f"a scored text is {longest} tokens, more than the model's max_len={max_len}")
-    length = min(max_len, 8 * -(-longest // 8))  # a multiple of 8: few distinct shapes to compile
-    out = np.full((-(-len(rows) // _ROWS) * _ROWS, length), pad_id, np.int32)
-    for i, r in enumerate(rows):
-        out[i, :len(r)] = r
-    return out
+def _pad8(n: int, max_len: int) -> int:
+    return min(max_len, 8 * -(-n // 8))  # a multiple of 8: few distinct shapes to compile
+
+
+def _batches(rows: list[list[int]], pad_id: int, max_len: int):
+    """(row indices, (R, L) int32 ids) per compiled call: the rows sorted by length, so that each call pads its
+    rows only to their own longest (rounded up to a multiple of 8) and holds R = _TOKENS // L rows (the last call
+    filled with pad rows): one compile per padded length, whatever the number of rows."""
+    lengths = np.array([len(r) for r in rows])
+    if lengths.max() > max_len:
+        raise ConfigError(f"a scored text is {lengths.max()} tokens, more than the model's max_len={max_len}")
+    order = np.argsort(lengths, kind="stable")
+    i = 0
+    while i < len(rows):
+        length = _pad8(int(lengths[order[i]]), max_len)
+        while True:  # the longest of the rows this length holds sets the length
+            n = max(1, _TOKENS // length)
+            longest = _pad8(int(lengths[order[min(i + n, len(rows)) - 1]]), max_len)
+            if longest <= length:
+                break
+            length = longest
+        idx = order[i:i + n]
+        ids = np.full((n, length), pad_id, np.int32)
+        for j, k in enumerate(idx):
+            ids[j, :lengths[k]] = rows[k]
+        yield idx, ids
+        i += n
 
 
 @jax.jit
@@ -44,7 +62,6 @@ def _gather_logprob(logits_NxV: jax.Array, ids_N: jax.Array) -> jax.Array:
 def causal_scores(model, params, contexts: list[list[int]], targets: list[list[int]], start_id: int) -> np.ndarray:
     """(N,) float64: log p(target | start, context) under a GPT (`model.apply({'params': params}, ids)`)."""
     rows = [[start_id, *c, *t] for c, t in zip(contexts, targets, strict=True)]
-    ids = _padded(rows, model.cfg.pad_id, model.cfg.max_len)
 
     @jax.jit
     def token_logprobs(p, ids_BxL):
@@ -52,10 +69,13 @@ def causal_scores(model, params, contexts: list[list[int]], targets: list[list[i
         B, L, V = logits_BxLxV.shape
         return _gather_logprob(logits_BxLxV[:, :-1].reshape(-1, V), ids_BxL[:, 1:].reshape(-1)).reshape(B, L - 1)
 
-    logp = np.concatenate([np.asarray(token_logprobs(params, ids[i:i + _ROWS])) for i in range(0, len(ids), _ROWS)])
-    # Position j of logp scores token j + 1 of the row; the target occupies tokens 1 + len(c) ... len(c) + len(t).
-    return np.array([logp[i, len(c):len(c) + len(t)].sum(dtype=np.float64)
-                     for i, (c, t) in enumerate(zip(contexts, targets, strict=True))])
+    out = np.zeros(len(rows))
+    for idx, ids in _batches(rows, model.cfg.pad_id, model.cfg.max_len):
+        logp = np.asarray(token_logprobs(params, ids), np.float64)
+        # Position j of logp scores token j + 1 of the row; the target occupies tokens 1 + len(c) ... len(c) + len(t).
+        for j, k in enumerate(idx):
+            out[k] = logp[j, len(contexts[k]):len(contexts[k]) + len(targets[k])].sum()
+    return out
 
 
 def pseudo_scores(model, params, contexts: list[list[int]], targets: list[list[int]], *, mask_id: int,
@@ -76,9 +96,6 @@ def pseudo_scores(model, params, contexts: list[list[int]], targets: list[list[i
             where.append(first + j)
             want.append(token)
             owner.append(n)
-    ids = _padded(rows, model.cfg.pad_id, model.cfg.max_len)
-    where = np.pad(np.array(where, np.int32), (0, len(ids) - len(rows)))
-    want = np.pad(np.array(want, np.int32), (0, len(ids) - len(rows)))
 
     if arch == "bert":
         def logits_at(module, ids_BxL, where_B):
@@ -94,7 +111,10 @@ def pseudo_scores(model, params, contexts: list[list[int]], targets: list[list[i
     def token_logprobs(p, ids_BxL, where_B, want_B):
         return _gather_logprob(model.apply({"params": p}, ids_BxL, where_B, method=logits_at), want_B)
 
-    logp = np.concatenate([np.asarray(token_logprobs(params, ids[i:i + _ROWS], where[i:i + _ROWS],
-                                                     want[i:i + _ROWS])) for i in range(0, len(ids), _ROWS)])
-    return np.bincount(np.array(owner, np.int64), weights=logp[:len(rows)].astype(np.float64),
-                       minlength=len(targets))
+    where, want = np.array(where, np.int32), np.array(want, np.int32)
+    logp = np.zeros(len(rows))
+    for idx, ids in _batches(rows, model.cfg.pad_id, model.cfg.max_len):
+        pad = len(ids) - len(idx)
+        got = token_logprobs(params, ids, np.pad(where[idx], (0, pad)), np.pad(want[idx], (0, pad)))
+        logp[idx] = np.asarray(got, np.float64)[:len(idx)]
+    return np.bincount(np.array(owner, np.int64), weights=logp, minlength=len(targets))

@@ -35,7 +35,7 @@ def _rows():
 
 @pytest.fixture
 def small_chunks(monkeypatch):
-    monkeypatch.setattr(scoring, "_ROWS", 3)  # several compiled calls and a padded last one
+    monkeypatch.setattr(scoring, "_TOKENS", 24)  # several compiled calls of 1-3 rows, lengths 8 and 16, padded ones
 
 
 def test_causal_scores_are_the_chain_rule_over_unpadded_prefixes(small_chunks):

@@ -9,6 +9,8 @@ get_suite() returns a dict:
   probes           (optional) probe tasks (data/probes.py) each contender is fine-tuned on after training, with
                    the same model from a random init as the baseline (experiments/probes.py); default ()
   zero_shot        (optional) probe tasks each contender scores zero-shot after training; default ()
+  blimp            (optional) BLiMP pairs per paradigm each contender scores zero-shot after training (the fixed
+                   subset of experiments/blimp.py; 1000 = all of BLiMP); default 0, none
   overrides        (optional) {path: value} every contender shares; --config overrides replace them, a
                    contender's own overrides come last (compare logs where one replaces a --config value);
                    default {}
@@ -20,7 +22,7 @@ import os
 from experiments.planning import SweepError, load_module
 
 KEYS = ("description", "contenders", "budget", "param_tolerance", "evals")
-OPTIONAL = ("probes", "zero_shot", "overrides")
+OPTIONAL = ("probes", "zero_shot", "blimp", "overrides")
 
 
 def load(name: str) -> dict:
@@ -38,4 +40,4 @@ def load(name: str) -> dict:
     if not set(KEYS) <= set(suite) <= set(KEYS + OPTIONAL):
         raise SweepError(f"suite {name}: get_suite() must return {KEYS} (and optionally {OPTIONAL}); got "
                          f"{sorted(suite)}")
-    return {"probes": (), "zero_shot": (), "overrides": {}, **suite}
+    return {"probes": (), "zero_shot": (), "blimp": 0, "overrides": {}, **suite}

@@ -25,5 +25,5 @@ def get_suite() -> dict:
             contenders[f"{name}@{lr:g}"] = dict(config=c["config"],
                                                overrides={**c["overrides"], "train.learning_rate": lr})
     return dict(base, description=f"The default suite's contenders at peak learning rates {', '.join(map(str, LRS))}; "
-                "compare eval losses within a contender only.", contenders=contenders, probes=(), zero_shot=(),
+                "compare eval losses within a contender only.", contenders=contenders, probes=(), zero_shot=(), blimp=0,
                 budget=BUDGET)

@@ -21,4 +21,4 @@ def get_suite() -> dict:
                   for lr in learning_rate.LRS + EXTEND.get(name, ())}
     return dict(suite, description=f"The modern suite's own contenders at peak learning rates "
                 f"{', '.join(map(str, learning_rate.LRS))}; compare eval losses within a contender only.",
-                contenders=contenders, probes=(), zero_shot=(), budget=learning_rate.BUDGET)
+                contenders=contenders, probes=(), zero_shot=(), blimp=0, budget=learning_rate.BUDGET)
