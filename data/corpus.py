@@ -173,12 +173,35 @@ class Unit:
     split: str  # 'train', 'val' or 'split'
 
 
+# The corpora that ship with the repository (data/corpora/*/README.md): data.corpus -> (train files, val files).
+BUNDLED = {
+    "modern": ("data/corpora/modern/train.txt.gz", "data/corpora/modern/val.txt.gz"),  # whole books held out
+    "kjv": ("data/corpora/kjv.txt.gz", ""),  # verses, held out by data.val_fraction
+}
+
+
+def sources(data) -> tuple[str, str]:
+    """(train files, val files) of config.data: data.train_files / data.val_files, or with train_files '' the
+    bundled corpus data.corpus names."""
+    if data.train_files:
+        return data.train_files, data.val_files
+    if data.corpus not in BUNDLED:
+        raise DataError(f"data.corpus: unknown {data.corpus!r}; choose one of {list(BUNDLED)} or pass "
+                        "data.train_files")
+    if data.val_files:
+        raise DataError(f"data.val_files={data.val_files!r} needs data.train_files (data.corpus={data.corpus!r} "
+                        "brings its own validation split); pass both, or neither")
+    return BUNDLED[data.corpus]
+
+
 def units(data) -> list[Unit]:
     """The work units of config.data, in order: the training files, then the validation files."""
     if data.txt_documents not in ("line", "paragraph"):
         raise DataError(f"data.txt_documents: unknown {data.txt_documents!r}; choose 'line' or 'paragraph'")
-    train_files = expand(data.train_files, "data.train_files")
-    val_files = expand(data.val_files, "data.val_files") if data.val_files else []
+    train_spec, val_spec = sources(data)
+    flag = "data.train_files" if data.train_files else f"data.corpus={data.corpus}"
+    train_files = expand(train_spec, flag)
+    val_files = expand(val_spec, "data.val_files" if data.train_files else flag) if val_spec else []
     if not val_files:
         _check_fraction(data.val_fraction)
     kinds = [(f, "train" if val_files else "split") for f in train_files] + [(f, "val") for f in val_files]

@@ -2,12 +2,15 @@
 
 The source documents are the validation split exactly as data/corpus.py makes it (data.val_files, or the
 documents whose content hash falls in the lowest data.val_fraction). They are divided again, by a differently salted
-content hash, into probe-train and probe-eval sources (task.eval_fraction of them to eval), so the two parts never
-share a source document. Every usable probe-eval source gives one positive and one negative example; a probe-train
-source gives task.train_pairs such pairs, the same positive each time with another negative (another pair of words
-swapped, another document's continuation), as far as the text allows. Both parts are exactly balanced. Records
-have the data/classify.py format ({"text": ...} or {"text_a", "text_b"}, "label"), plus "source": the index of the
-source document, which its positives and negatives share (fine-tuning keeps them in one batch, data/classify.py).
+content hash, into probe-train and probe-eval documents (task.eval_fraction of them to eval), so the two parts never
+share a source document. Each document then gives its passages as sources (`passages`: runs of whole sentences of
+at least task.max_words words; a verse or a short document is one passage), at most task.passages of them, evenly
+spaced through it (a chapter of a book gives many, so a few held-out books give enough probe pairs). Every usable
+probe-eval source gives one positive and one negative example; a probe-train source gives task.train_pairs such
+pairs, the same positive each time with another negative (another pair of words swapped, another document's
+continuation), as far as the text allows. Both parts are exactly balanced. Records have the data/classify.py format
+({"text": ...} or {"text_a", "text_b"}, "label"), plus "source": the index of the source passage, which its
+positives and negatives share (fine-tuning keeps them in one batch, data/classify.py).
 
   next_sentence  Each document is cut in two at the boundary nearest its middle, preferring a line break, then a
                  sentence end (.?!), a clause end (;:), a comma, any space. a = the first part (its last
@@ -62,6 +65,30 @@ def split_sources(docs: list[str], eval_fraction: float) -> dict[str, list[str]]
     is_eval[order[:n_eval]] = True
     return {"train": [d for d, e in zip(docs, is_eval, strict=True) if not e],
             "eval": [d for d, e in zip(docs, is_eval, strict=True) if e]}
+
+
+def _sentence_end(word: str) -> bool:
+    return word.rstrip("\"')]").endswith((".", "?", "!"))
+
+
+def passages(doc: str, min_words: int, limit: int) -> list[str]:
+    """At most `limit` passages of `doc`, evenly spaced (the first, and the last when limit > 1): its runs of whole
+    sentences, each
+    the shortest with at least `min_words` words (the rest of the document joins the last run); words joined by
+    single spaces. A document shorter than min_words is one passage."""
+    words = doc.split()
+    runs, start = [], 0
+    for i, w in enumerate(words):
+        if i + 1 - start >= min_words and _sentence_end(w):
+            runs.append(words[start:i + 1])
+            start = i + 1
+    if start < len(words):
+        if runs and len(words) - start < min_words:
+            runs[-1] = runs[-1] + words[start:]
+        else:
+            runs.append(words[start:])
+    keep = sorted({round(k) for k in np.linspace(0, len(runs) - 1, min(limit, len(runs)))}) if runs else []
+    return [" ".join(runs[k]) for k in keep]
 
 
 def _boundary_rank(word: str, gap: str) -> int:
@@ -155,7 +182,10 @@ def build(data, task) -> dict[str, list[dict]]:
         raise DataError(f"task.name: {task.name!r} is not a probe task; choose one of {list(TASKS)}")
     if task.max_words < 2 * _MIN_SIDE:
         raise DataError(f"task.max_words={task.max_words} is too small for the probes; use at least {2 * _MIN_SIDE}")
-    parts = split_sources(source_documents(data), task.eval_fraction)
+    if task.passages < 1:
+        raise DataError(f"task.passages={task.passages} must be >= 1")
+    parts = {part: [p for d in docs for p in passages(d, task.max_words, task.passages)]
+             for part, docs in split_sources(source_documents(data), task.eval_fraction).items()}
     if task.swaps < 1:
         raise DataError(f"task.swaps={task.swaps} must be >= 1")
     if task.train_pairs < 1:

@@ -164,3 +164,37 @@ def test_bundled_corpus_is_found_from_any_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (f,) = corpus.expand("data/corpora/kjv.txt.gz", "data.train_files")
     assert f.is_file() and f.stat().st_size > 1_000_000
+
+
+def _index_repos(split):
+    import csv
+
+    with open(os.path.join(corpus.REPO_ROOT, "data", "corpora", "modern", f"{split}.index.tsv")) as f:
+        return [r["repo"] for r in csv.DictReader(f, delimiter="\t")]
+
+
+def test_the_default_corpus_holds_out_whole_books(tmp_path):
+    d = data_config("", tmp_path, corpus="modern")
+    train_spec, val_spec = corpus.sources(d)
+    units = corpus.units(d)
+    assert [u.split for u in units] == ["train", "val"] and units[1].path.endswith("modern/val.txt.gz")
+    train_books, val_books = _index_repos("train"), _index_repos("val")
+    assert val_books and not set(train_books) & set(val_books)  # no chapter of a validation book is trained on
+    for spec, books in ((train_spec, train_books), (val_spec, val_books)):  # one index line per document
+        (path,) = corpus.expand(spec, "x")
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            assert sum(1 for _ in f) == len(books)
+    assert len(set(val_books)) == 2 and 0.05 <= len(val_books) / (len(train_books) + len(val_books)) < 0.15
+
+
+def test_the_king_james_bible_is_one_flag_away_and_corpus_mistakes_are_named(tmp_path):
+    (u,) = corpus.units(data_config("", tmp_path, corpus="kjv"))
+    assert u.path.endswith("kjv.txt.gz") and u.split == "split"  # held out by data.val_fraction, as before
+    with pytest.raises(DataError, match=r"data.corpus: unknown 'bible'; choose one of \['modern', 'kjv'\]"):
+        corpus.units(data_config("", tmp_path, corpus="bible"))
+    with pytest.raises(DataError, match=r"data.val_files='v.txt' needs data.train_files"):
+        corpus.units(data_config("", tmp_path, corpus="modern", val_files="v.txt"))
+    own = tmp_path / "own.txt"
+    own.write_text("a document\n")
+    (u,) = corpus.units(data_config(str(own), tmp_path, corpus="modern"))  # train_files wins over the corpus
+    assert u.path == str(own)

@@ -12,6 +12,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from data import classify, corpus, probes
 from data import tokenizer as tokenizer_lib
@@ -437,3 +439,21 @@ def test_missing_pretrained_config(tmp_path):
     os.makedirs(tmp_path / "checkpoints" / "3" / "state")
     with pytest.raises(errors.UserError, match="config.json"):
         workdir.inherit_pretrained(c)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from(["a", "b.", "c?", "d", "e!", "f"]), max_size=80), st.integers(1, 12),
+       st.integers(1, 9))
+def test_passages_are_sentence_runs_of_at_least_min_words_evenly_spaced(words, min_words, limit):
+    doc = " ".join(words)
+    out = probes.passages(doc, min_words, limit)
+    if not words:
+        assert out == []
+        return
+    every = probes.passages(doc, min_words, 10**6)
+    assert " ".join(every).split() == words  # all of them, in order, are the document
+    assert all(len(p.split()) >= min_words for p in every) or len(every) == 1
+    assert all(probes._sentence_end(p.split()[-1]) for p in every[:-1])  # each ends a sentence but the last
+    assert len(out) == min(limit, len(every)) and out[0] == every[0]
+    assert out[-1] == every[-1] or limit == 1  # evenly spaced from the first to the last
+    assert all(p in every for p in out)

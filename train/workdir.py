@@ -37,7 +37,7 @@ LOCK_FILE = ".lock"  # flock(2)-ed by the run that writes the workdir; holds "pi
 # Fields of config.data a fine-tuning run takes from the pretrained run: the tokenizer (same ids as the model) and,
 # for the probe tasks (built from the pretraining corpus's validation text), the corpus and its split.
 TOKENIZER_FIELDS = ("tokenizer", "tokenizer_type", "vocab_size", "cache_dir")
-CORPUS_FIELDS = ("train_files", "val_files", "val_fraction", "txt_documents", "jsonl_field")
+CORPUS_FIELDS = ("corpus", "train_files", "val_files", "val_fraction", "txt_documents", "jsonl_field")
 
 
 
@@ -158,7 +158,8 @@ def inherit_pretrained(config: ml_collections.ConfigDict) -> None:
         config.model[k] = v
     probe = config.task.name in probes.TASKS
     for k in TOKENIZER_FIELDS + (CORPUS_FIELDS if probe else ()):
-        config.data[k] = record["config"]["data"][k]
+        if k in record["config"]["data"]:  # a run older than a field had the field's default meaning
+            config.data[k] = record["config"]["data"][k]
     trained = (record.get("data") or {}).get("tokenizer", "")  # the tokenizer file the run trained, if any
     if not config.data.tokenizer and trained not in ("", "byte") and os.path.isfile(trained):
         config.data.tokenizer = trained

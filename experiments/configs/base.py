@@ -57,9 +57,10 @@ def base_config(arch: str, size: str = "tiny") -> ml_collections.ConfigDict:
     c.parallel = "jit"  # 'jit' (sharded over config.mesh) or 'pmap' (pure data parallelism, replicated state).
 
     c.data = ml_collections.ConfigDict()
-    c.data.train_files = "data/corpora/kjv.txt.gz"  # Paths or globs, comma-separated: .txt .jsonl .parquet [.gz .zst].
+    c.data.corpus = "modern"  # Bundled corpus read when train_files is '': 'modern' (27 books, 1905-1930) or 'kjv'.
+    c.data.train_files = ""  # Paths or globs, comma-separated: .txt .jsonl .parquet [.gz .zst]; '' = data.corpus.
     c.data.val_files = ""  # Same form; '' carves the validation split out of train_files.
-    c.data.val_fraction = 0.05  # Fraction of documents held out when val_files is ''.
+    c.data.val_fraction = 0.05  # Fraction of documents held out when val_files is '' (and for data.corpus=kjv).
     c.data.txt_documents = "line"  # In .txt files one document is a 'line' or a blank-line separated 'paragraph'.
     c.data.jsonl_field = "text"  # Field of each .jsonl record holding the document text.
     c.data.parquet_column = "text"  # Column of .parquet files holding the document text.
@@ -68,7 +69,7 @@ def base_config(arch: str, size: str = "tiny") -> ml_collections.ConfigDict:
     c.data.vocab_size = 8000  # Vocabulary size of a trained tokenizer, special tokens included.
     c.data.cache_dir = ""  # Where tokenizers and token stores are kept; '' = $TRIAD_CACHE or ~/.cache/triad.
     c.data.num_workers = 0  # Processes that tokenize a corpus into its store (0 = one per core, one per file at most).
-    c.data.shard_tokens = 1 << 24  # Training tokens per store part (a worker holds one part: 2 bytes a token).
+    c.data.shard_tokens = 1 << 24  # A store part is written when either split has this many tokens (2 bytes each).
     c.data.tokenizer_sample_mb = 64  # Text SentencePiece trains on: the first 64/n MB of each of n training files.
     c.data.seq_len = s["seq_len"]  # Tokens per example (encoder input length for t5).
     c.data.target_len = 0  # t5 decoder length; 0 derives it from seq_len, noise_density and mean_span_length.

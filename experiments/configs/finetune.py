@@ -60,6 +60,7 @@ def get_config(arg: str = "task=next_sentence") -> ml_collections.ConfigDict:
     c.task.seed = 0  # Seeds the probes' negatives and swaps (not config.seed: same probe data for every run).
     c.task.eval_fraction = 0.3  # Probes: fraction of the validation documents that become probe-eval sources.
     c.task.max_words = 16  # Probes: words of text per example (next_sentence: half for each side).
+    c.task.passages = 32  # Probes: sources per validation document (sentence runs of >= max_words words), spaced.
     c.task.swaps = 1  # word_order: disjoint adjacent word pairs swapped in a negative example.
     # Probes: (positive, negative) pairs per probe-train source document, each pair with another negative (another
     # swap; another document's continuation). The probe-eval part always has one pair per source.
