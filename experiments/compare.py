@@ -7,8 +7,9 @@ the report (report.md, report.json, PNG plots) into the workdir.
   python -m experiments.compare --workdir=runs/c --suite=experiments/suites/mine.py --dry_run
 
 What is matched (one flag; default: the suite's budget):
-  --budget_flops    steps = round(budget / training FLOPs per step), FLOPs from model/flops.py with the batch's
-                    real lengths (L, or S and T for t5)
+  --budget_flops    steps = round(budget / FLOPs a step executes): train/optim.py executed_flops_per_step, the
+                    matmuls of model/flops.py with the batch's real lengths (L, or S and T for t5) and an MLM head
+                    at its predicted positions alone, plus Muon's Newton-Schulz matmuls
   --budget_tokens   steps = round(budget / token positions per step) (batch x L, or batch x (S + T) for t5)
   --budget_seconds  every contender's step time is measured first (compile, 2 warm-up steps, 8 timed steps) and
                     steps = floor(budget / step time): the budget is time spent in training steps, not compile,

@@ -30,6 +30,8 @@ from data import objectives, tokenizer
 from experiments import hardware
 from model import flops
 from model.config import from_dict, resolve_dtype
+from train import objectives as train_objectives
+from train import optim
 from train.errors import UserError
 from train.metrics import NonFiniteError
 
@@ -205,10 +207,13 @@ def shape_facts(config) -> dict:
     if (model_cfg.arch == "t5") != (target_len > 0):
         raise SweepError(f"model.arch={model_cfg.arch!r} does not fit objective.name={config.objective.name!r}")
     B = config.train.batch_size
-    per_step = flops.training_flops_per_step(model_cfg, B, seq_len, target_len)
+    unit = train_objectives.build(config.objective, shapes)  # an MLM head's positions
+    step = optim.executed_flops_per_step(model_cfg, config.train, (seq_len, target_len), unit.predicted)
+    per_step = step["executed"]
     return {"arch": model_cfg.arch, "params": flops.param_count(model_cfg), "vocab_size": vocab, "seq_len": seq_len,
             "target_len": target_len, "tokens_per_step": B * (seq_len + target_len), "flops_per_step": per_step,
-            "flops_per_token": per_step / (B * (seq_len + target_len))}
+            "flops_per_token": per_step / (B * (seq_len + target_len)), "optimizer_flops_per_step": step["optimizer"],
+            "model_flops_per_step": step["model_6n"]}
 
 
 def measure_step_seconds(config, steps: int = 8, warmup: int = 2) -> float:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import math
 
-from scipy import stats as scipy_stats
-
 
 def si(x: float, unit: str = "") -> str:
     for p, s in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
@@ -112,6 +110,8 @@ def interval(row: dict, key: str) -> tuple[float | None, str]:
     (1.96 x the standard error of its accuracy over its pairs or examples, `eval_se/<key>`); None without either."""
     n, se = row.get(f"{key}_n", row.get("n", 1)), row.get(f"{key}_se")
     if n > 1 and se is not None:
+        from scipy import stats as scipy_stats  # here: scipy.stats takes a second to import, the report's tables none
+
         return float(scipy_stats.t.ppf(0.975, n - 1) * se), f"95% t-interval over {n} seeds"
     eval_se = row.get(f"eval_se/{key}")
     if eval_se is not None:

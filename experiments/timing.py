@@ -9,8 +9,9 @@ up first, then timed in interleaved blocks (A, B, C, A, B, C, ...), so their rec
 
   MFU = model_flops_per_step / step_time / (peak_flops_per_device * n_devices)
 
-model_flops_per_step is the analytic count of model/flops.py (3 x forward matmul FLOPs as the step computes them,
-the MLM head at the masked positions alone; remat recompute NOT included); the peak comes from
+model_flops_per_step is the analytic count of what the step executes (train/optim.py executed_flops_per_step:
+3 x forward matmul FLOPs as the step computes them, the MLM head at the masked positions alone, plus Muon's
+Newton-Schulz matmuls; remat recompute NOT included); the peak comes from
 experiments/hardware.py (published table, or on CPU a 4096^2 matmul measured in this process; on CPU it is
 measured again after the timed steps, `peak_flops_after`, because the machine is shared).
 `xla_flops_ratio` = XLA's cost_analysis() FLOPs of the compiled step (all devices) / model_flops_per_step: a little
@@ -34,7 +35,7 @@ import numpy as np
 from experiments import hardware
 from experiments.hardware import BenchError
 from model import flops
-from train import loop
+from train import loop, optim
 
 DATA_MODES = ("real", "synthetic", "both")
 
@@ -217,8 +218,10 @@ def _record(case: _Case, data: str, peak: tuple[float, str], wall: float) -> dic
     B = config.train.batch_size
     seq_len, target_len = case.runner.objective.lengths
     predicted = case.runner.objective.predicted or None  # MLM: the head at the masked positions alone
-    model_flops = flops.training_flops_per_step(model_cfg, B, seq_len, target_len, predicted)
-    causal_flops = 3 * flops.flops_per_example(model_cfg, seq_len, target_len, predicted)["forward_causal"] * B
+    step_flops = optim.executed_flops_per_step(model_cfg, config.train, (seq_len, target_len), predicted or 0)
+    model_flops = step_flops["executed"]  # what the step computes, Muon's Newton-Schulz matmuls included
+    causal_flops = (3 * flops.flops_per_example(model_cfg, seq_len, target_len, predicted)["forward_causal"] * B
+                    + step_flops["optimizer"])
     tokens = B * case.runner.objective.tokens_per_example
     xla = xla_flops(case.compiled)
     if xla is not None:

@@ -20,6 +20,9 @@ FLOP conventions (`flops_per_example`, `flops_per_token`, `training_flops_per_st
   next-sentence projection 2*D*2, once per example (on [CLS]). This is the count of budgets and plans. MLM
   training computes the head at its K predicted positions alone (model/bert.py predict_at): `predicted=K` counts
   that, the FLOPs the step executes, which is what MFU divides.
+- Optimizer: `newton_schulz_flops`, the matrix work of an orthogonalising optimizer (Muon) on the hidden matrices
+  (`hidden_matrices`: every dense kernel inside a block, in the (in, out) shape it multiplies by), once per step
+  whatever the batch; elementwise optimizer work (Adam's moments) is not a matmul and is not counted.
 - Training = 3 x forward (the backward pass costs twice the forward: gradients w.r.t. activations and weights).
   Rematerialisation (model.remat) recomputes the forward and is NOT included: these are model FLOPs, not
   hardware FLOPs.
@@ -251,3 +254,27 @@ def training_flops_per_step(cfg: ModelConfig, batch_size: int, seq_len: int, tar
     if batch_size <= 0:
         raise ValueError(f"batch_size={batch_size} must be positive")
     return flops_per_example(cfg, seq_len, target_len, predicted)["train"] * batch_size
+
+
+def hidden_matrices(cfg: ModelConfig) -> list[tuple[int, int, int]]:
+    """(count, rows, cols) of the dense kernels inside the blocks (attention, MLP, t5's cross-attention), each as the
+    (in, out) matrix it multiplies by: query (D, H*Dh), key and value (D, K*Dh), output (H*Dh, D), MLP (D, F) (two
+    for gated kinds) and (F, D). These are the matrices Muon orthogonalises (train/optim.py is_hidden_matrix)."""
+    D, H, K, Dh, F = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.dh, cfg.d_ff
+    attention = [(1, D, H * Dh), (2, D, K * Dh), (1, H * Dh, D)]
+    mlp = [(2 if cfg.mlp in _GATED else 1, D, F), (1, F, D)]
+    out = [(cfg.n_layers * n, r, c) for n, r, c in attention + mlp]
+    if cfg.arch == "t5":
+        out += [(2 * cfg.decoder_layers * n, r, c) for n, r, c in attention]  # self- and cross-attention
+        out += [(cfg.decoder_layers * n, r, c) for n, r, c in mlp]
+    return out
+
+
+def newton_schulz_flops(cfg: ModelConfig, steps: int) -> float:
+    """Matmul FLOPs of `steps` quintic Newton-Schulz iterations on every hidden matrix (Muon, optax.contrib): on X of
+    m x n with m <= n (the longer side second), A = X X^T (2 m^2 n), A A (2 m^3), (b A + c A A) X (2 m^2 n)."""
+    total = 0
+    for count, rows, cols in hidden_matrices(cfg):
+        m, n = min(rows, cols), max(rows, cols)
+        total += count * steps * (4 * m * m * n + 2 * m ** 3)
+    return float(total)

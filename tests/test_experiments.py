@@ -81,11 +81,11 @@ def test_compare_replans_a_contender_whose_suite_overrides_changed(tmp_path):
     planning.write_plan(w, {"kind": "compare", "request": compare._request("default", ("flops", 4e12), 5, {}),
                             "runs": records})
     again = compare.plan(w, "default", compare.suite_runs(suite), ("flops", 4e12), 5, {}, log=lambda *_: None)
-    assert [r.config.train.steps for r in again] == [r.config.train.steps for r in runs] == [335, 335, 816]
+    assert [r.config.train.steps for r in again] == [r.config.train.steps for r in runs] == [609, 335, 816]  # BERT's head at 19 of 128
     assert [r.measured_step_s for r in again] == [0.125] * 3
     changed = {**suite, "overrides": {"train.batch_size": 16}}
     replanned = compare.plan(w, "default", compare.suite_runs(changed), ("flops", 4e12), 5, {}, log=lambda *_: None)
-    assert [r.config.train.steps for r in replanned] == [168, 168, 408]
+    assert [r.config.train.steps for r in replanned] == [304, 168, 408]
     assert [r.measured_step_s for r in replanned] == [None] * 3
 
 
@@ -574,7 +574,7 @@ def test_compare_keeps_a_contenders_plan_when_its_seeds_change(tmp_path):
                             "runs": records})
     again = compare.plan(w, "default", compare.suite_runs(suite), ("flops", 4e12), 5, {}, log=lambda *_: None)
     assert [r.name for r in again] == ["bert", "gpt", "t5"] and [r.measured_step_s for r in again] == [0.125] * 3
-    assert [r.config.train.steps for r in again] == [335, 335, 816] and "seed" not in again[0].overrides
+    assert [r.config.train.steps for r in again] == [609, 335, 816] and "seed" not in again[0].overrides
     assert [r.hash for r in again] == [r.hash for r in runs]
 
 

@@ -22,7 +22,7 @@ from absl import logging
 import model as model_lib
 from data import classify as classify_data
 from data import pipeline
-from model import classifier, flops
+from model import classifier
 from model import config as model_config
 from train import checkpoint as ckpt_lib
 from train import metrics as metrics_lib
@@ -224,9 +224,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     writer = metrics_lib.Writer(workdir, enabled=lead, resume_step=start, total_steps=tc.steps,
                                 progress_bar=tc.progress_bar, shown=objective.shown)
     tokens_per_step = tc.batch_size * objective.tokens_per_example
-    flops_per_step = flops.training_flops_per_step(model_cfg, tc.batch_size, *objective.lengths)
-    executed_flops = flops.training_flops_per_step(model_cfg, tc.batch_size, *objective.lengths,
-                                                   objective.predicted or None)
+    step_flops = optim.executed_flops_per_step(model_cfg, tc, objective.lengths, objective.predicted)
     log = _TrainLog(objective, writer, tc, tokens_per_step, checkpoints.steps()[-1] if checkpoints.steps() else None)
     if lead:
         logging.info("%s: %s parameters, %d tokens per step, %d devices (%s), data: %s", model_cfg.arch,
@@ -274,8 +272,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "steps": tc.steps if stopped_by is None else int(jax.device_get(runner.host_state(state).step)),
         "start_step": start,
         "tokens_per_step": tokens_per_step,
-        "flops_per_step": flops_per_step,  # what budgets count (model/flops.py)
-        "executed_flops_per_step": executed_flops,  # what the step computes (less for MLM): MFU's numerator
+        # What the step computes (train/optim.py executed_flops_per_step): what budgets charge, MFU's numerator.
+        "flops_per_step": step_flops["executed"], "executed_flops_per_step": step_flops["executed"],
+        "optimizer_flops_per_step": step_flops["optimizer"],  # of which the optimizer's matrices (Muon)
+        "model_flops_per_step": step_flops["model_6n"],  # 6N + attention, head everywhere: MaxText's, nanoGPT's count
         "step_time_s": median,
         "tokens_per_sec": tokens_per_step / median if median else None,
         "peak_memory_bytes": peak_memory_bytes(runner),

@@ -23,6 +23,7 @@ import ml_collections
 import optax
 from optax import contrib
 
+from model import flops
 from train import errors
 
 OPTIMIZERS = ("adamw", "adafactor", "sgd", "muon", "lion")
@@ -103,6 +104,18 @@ def is_hidden_matrix(path) -> bool:
     """Whether a parameter is a dense kernel inside a transformer block (attention and MLP, t5's cross-attention
     included): the matrices Muon optimises."""
     return param_kind(path) == "kernel" and any(_BLOCK.fullmatch(n) for n in _names(path)[:-1])
+
+
+def executed_flops_per_step(model_cfg, tc: ml_collections.ConfigDict, lengths: tuple[int, int],
+                            predicted: int = 0) -> dict[str, float]:
+    """What one training step computes (model/flops.py): 'model', the forward and backward matmuls as the step
+    runs them (an MLM head at its `predicted` positions alone, when > 0); 'optimizer', the optimizer's matrix work
+    (Muon's Newton-Schulz iterations; 0 for the others); 'executed', their sum: what a FLOP budget charges and what
+    MFU divides. 'model_6n' keeps the conventional count (6N + attention, the head at every position, no optimizer)."""
+    model = flops.training_flops_per_step(model_cfg, tc.batch_size, *lengths, predicted or None)
+    optimizer = flops.newton_schulz_flops(model_cfg, int(tc.muon_ns_steps)) if tc.optimizer == "muon" else 0.0
+    return {"model": model, "optimizer": optimizer, "executed": model + optimizer,
+            "model_6n": flops.training_flops_per_step(model_cfg, tc.batch_size, *lengths)}
 
 
 def muon_mask(params):

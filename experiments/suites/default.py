@@ -7,9 +7,10 @@ embeddings) on one tokenizer (vocabulary 8000, shared through config.data). T5 k
 2 + 2 as T5 itself does; its decoder's cross-attention is paid for by narrowing the MLP of all four blocks to d_ff
 384, which matches GPT and BERT within 0.1% of their parameters (`--dry_run` prints the counts).
 
-The budget, 4e13 training FLOPs each (model/flops.py), is the smallest tried at which every contender's fine-tuned
-probes beat chance on both tasks; a T5 step costs less (the decoder runs only over the target tokens), so T5 takes
-more steps. The batch is 8 rather than the tiny preset's 32: at these budgets more, smaller steps train every
+The budget, 4e13 training FLOPs each as the steps execute them (train/optim.py executed_flops_per_step), is the
+smallest tried on the King James Bible at which every contender's fine-tuned probes beat chance on both tasks; a T5
+step costs less (the decoder runs only over the target tokens) and so does a BERT step (its head runs at the masked
+positions alone), so both take more steps than GPT. The batch is 8 rather than the tiny preset's 32: at these budgets more, smaller steps train every
 contender better for the same FLOPs. Each contender trains at the peak learning rate of lowest eval loss on its own
 objective in the grid of experiments/suites/learning_rate.py (chosen at 4e12 FLOPs), since one rate for all left
 BERT's MLM near a unigram model. After training, every contender scores the probe pairs zero-shot and is fine-tuned
