@@ -81,7 +81,8 @@ def test_compare_replans_a_contender_whose_suite_overrides_changed(tmp_path):
     planning.write_plan(w, {"kind": "compare", "request": compare._request("default", ("flops", 4e12), 5, {}),
                             "runs": records})
     again = compare.plan(w, "default", compare.suite_runs(suite), ("flops", 4e12), 5, {}, log=lambda *_: None)
-    assert [r.config.train.steps for r in again] == [r.config.train.steps for r in runs] == [609, 335, 816]  # BERT's head at 19 of 128
+    # BERT's steps execute its head at 19 of 128 positions: more of them for the same FLOPs.
+    assert [r.config.train.steps for r in again] == [r.config.train.steps for r in runs] == [609, 335, 816]
     assert [r.measured_step_s for r in again] == [0.125] * 3
     changed = {**suite, "overrides": {"train.batch_size": 16}}
     replanned = compare.plan(w, "default", compare.suite_runs(changed), ("flops", 4e12), 5, {}, log=lambda *_: None)

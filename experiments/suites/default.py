@@ -10,11 +10,12 @@ embeddings) on one tokenizer (vocabulary 8000, shared through config.data). T5 k
 The budget, 4e13 training FLOPs each as the steps execute them (train/optim.py executed_flops_per_step), is the
 smallest tried on the King James Bible at which every contender's fine-tuned probes beat chance on both tasks; a T5
 step costs less (the decoder runs only over the target tokens) and so does a BERT step (its head runs at the masked
-positions alone), so both take more steps than GPT. The batch is 8 rather than the tiny preset's 32: at these budgets more, smaller steps train every
-contender better for the same FLOPs. Each contender trains at the peak learning rate of lowest eval loss on its own
-objective in the grid of experiments/suites/learning_rate.py (chosen at 4e12 FLOPs), since one rate for all left
-BERT's MLM near a unigram model. After training, every contender scores the probe pairs zero-shot and is fine-tuned
-on each probe task next to the same model from a random init (experiments/probes.py): the report's probe columns.
+positions alone), so both take more steps than GPT. The batch is 8 rather than the tiny preset's 32: at these
+budgets more, smaller steps train every contender better for the same FLOPs. Each contender trains at the peak
+learning rate of lowest eval loss on its own objective in the grid of experiments/suites/learning_rate.py (chosen at
+4e12 FLOPs), since one rate for all left BERT's MLM near a unigram model. After training, every contender scores the
+probe pairs zero-shot and is fine-tuned on each probe task next to the same model from a random init
+(experiments/probes.py): the report's probe columns.
 
 The measurements behind each of these choices, the results at 4e13, 1.2e13 and 4e12 FLOPs, and how long the
 comparison takes are in docs/results.md.
