@@ -222,3 +222,4 @@ if __name__ == "__main__":
     flags.DEFINE_string("name", "", "With --pairs_files: the result's name (<workdir>/blimp/<name>.json); default: "
                         "the first file's name.")
     app.run(main)
+

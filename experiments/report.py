@@ -29,7 +29,7 @@ import numpy as np
 from data import minimal_pairs
 from experiments import hardware, plots, stats
 from experiments.planning import FAILED_FILE, PER_PAIR_DIR, RUN_FILE, read_plan
-from experiments.report_text import budget_line, notes, objective_names, objective_of
+from experiments.report_text import budget_line, notes, objective_names, objective_of, published_table
 from experiments.significance import lead, lead_line, significance, significance_table, yardsticks
 from experiments.tables import markdown_table, si, tables
 from train.objectives import TokenObjective
@@ -287,6 +287,9 @@ def build(workdir: str) -> str:
     for title, cols in layout:
         body += [f"## {title}", "", markdown_table(groups, cols), ""]
     body += significance_table(records)
+    published = published_table(groups)
+    if published:
+        body += ["## BLiMP beside published models (accuracy %)", ""] + published
     shown = body[2:]
     body += ["## Notes", ""] + [f"- {n}" for n in notes(groups, records)] + [""]
     failed = failures(workdir)

@@ -264,6 +264,10 @@ def test_compare_scores_blimp_for_every_contender_and_reports_it_with_pictures(t
     md = (work / "report.md").read_text()
     assert "- **probe: blimp (zero-shot)**: " in md and "paired bootstrap over 134 pairs" in md
     assert "| blimp 0-shot |" in md and "![yardsticks](yardsticks.png)" in md
+    published = md[md.index("## BLiMP beside published models"):]
+    assert "| BLiMP | gpt | bert | 5-gram* | LSTM* | Transformer-XL* | GPT-2* |" in published
+    assert "| **overall** | " in published and "| 61.2 | 69.8 | 69.6 | 83.0 |" in published
+    assert published.count("\n| ") >= 1 + 1 + 12  # header, overall, the 12 phenomena
     assert (work / "yardsticks.png").stat().st_size > 10_000 and (work / "blimp_phenomena.png").stat().st_size > 10_000
     row = json.loads((work / "report.json").read_text())["rows"][0]
     assert row["eval_se/probe/blimp (zero-shot)"] == pytest.approx(record["overall"]["se"]) or row["group"] != "bert"
