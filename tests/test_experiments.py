@@ -39,11 +39,11 @@ def test_default_suite_matches_parameters_within_5_percent(tmp_path):
     assert {r.config.train.batch_size for r in runs} == {16}
     assert [r.config.model.d_ff for r in runs] == [256, 256, 384]
     # Each contender's own peak learning rate (experiments/suites/learning_rate.py); compare names the ones it keeps.
-    assert [r.config.train.learning_rate for r in compare.suite_runs(suite)] == [1e-3, 2e-3, 1e-3]
+    assert [r.config.train.learning_rate for r in compare.suite_runs(suite)] == [2e-3, 2e-3, 1e-3]
     logs = []
     compare.compare(str(tmp_path), "default", overrides={"train.learning_rate": 3e-3}, dry_run=True, log=logs.append)
     assert [m for m in logs if "replaces" in m] == [
-        "[compare] bert: its own train.learning_rate=0.001 (the suite's) replaces --config.train.learning_rate=0.003",
+        "[compare] bert: its own train.learning_rate=0.002 (the suite's) replaces --config.train.learning_rate=0.003",
         "[compare] gpt: its own train.learning_rate=0.002 (the suite's) replaces --config.train.learning_rate=0.003",
         "[compare] t5: its own train.learning_rate=0.001 (the suite's) replaces --config.train.learning_rate=0.003"]
     lr_suite = suites.load("learning_rate")
