@@ -1,7 +1,7 @@
 """BLiMP, and any other minimal-pair suite, scored zero-shot by each family as the BabyLM pipeline scores it.
 
   python -m experiments.blimp --workdir=runs/compare/gpt                    # all 67,000 BLiMP pairs
-  python -m experiments.blimp --workdir=runs/compare/gpt --per_group=30     # the report's fixed subset (2,010 pairs)
+  python -m experiments.blimp --workdir=runs/compare/gpt --per_group=90     # the report's fixed subset (6,030 pairs)
   python -m experiments.blimp --workdir=runs/gpt --pairs_files=mine.jsonl --group_by=phenomenon
 
 A sentence's score is its log-likelihood under the model's own objective (model/scoring.py, through

@@ -20,7 +20,7 @@ curves of all contenders are sampled at the same fractions of the budget.
 
 Zero-shot probes (`--zero_shot=next_sentence,word_order`, default: the suite's, both for the default suite): after
 training, each contender scores the probe pairs with its own objective, no training (experiments/probes.py).
-BLiMP (`--blimp=N`, default: the suite's, 30 for the default suite): after training, each contender scores the
+BLiMP (`--blimp=N`, default: the suite's, 90 for the default suite): after training, each contender scores the
 fixed subset of N minimal pairs per BLiMP paradigm (experiments/blimp.py; N = 1000 is all of BLiMP) with its own
 objective, as the BabyLM pipeline scores each family; the report gains the overall and per-field BLiMP columns.
 Probes (`--probes=next_sentence,word_order`, default: the suite's, both for the default suite; `--probes=` skips

@@ -47,6 +47,6 @@ def get_suite() -> dict:
         param_tolerance=0.05,
         evals=5,
         zero_shot=("next_sentence", "word_order"),  # No training: each model scores the probe pairs.
-        blimp=30,  # BLiMP's fixed subset of 30 pairs per paradigm (2,010 pairs) scored zero-shot: experiments/blimp.py
+        blimp=90,  # BLiMP's fixed subset of 90 pairs per paradigm (6,030 pairs) scored zero-shot: experiments/blimp.py
         probes=("next_sentence", "word_order"),  # 12 fine-tuning runs (with the random-init baselines).
     )
