@@ -42,7 +42,7 @@ def budget_line(plan: dict | None, groups: list[dict]) -> str:
     if not plan or not plan.get("budget"):
         return "Budget: none recorded (runs as configured)."
     kind, value = plan["budget"]["kind"], plan["budget"]["value"]
-    key, what, fmt = {"flops": ("flops", "training FLOPs (model FLOPs, model/flops.py)", "{:.4g}"),
+    key, what, fmt = {"flops": ("flops", "training FLOPs as the steps execute them (train/optim.py)", "{:.4g}"),
                       "tokens": ("tokens", "tokens seen (token positions)", "{:,.0f}"),
                       "seconds": ("train_seconds", "seconds of training steps (steps x median step time; compile "
                                   "and evaluation excluded)", "{:.1f}"),

@@ -113,7 +113,8 @@ def define_budget_flags(fv, argv: list[str] | None = None) -> None:
     config_flags reads the --config.* overrides when the flag is defined, from `argv` (default sys.argv)."""
     flags.DEFINE_string("workdir", None, "Directory holding one workdir per run, plan.json and the report.",
                         flag_values=fv)
-    flags.DEFINE_float("budget_flops", 0, "Training FLOPs per run (model FLOPs, model/flops.py).", flag_values=fv)
+    flags.DEFINE_float("budget_flops", 0, "Training FLOPs per run, as the steps execute them (train/optim.py).",
+                       flag_values=fv)
     flags.DEFINE_float("budget_tokens", 0, "Token positions per run (L for gpt/bert, S + T for t5).", flag_values=fv)
     flags.DEFINE_float("budget_seconds", 0, "Seconds of training steps per run (measured step time x steps; "
                        "compile and evaluation not included).", flag_values=fv)
