@@ -38,7 +38,7 @@ def plot_loss(groups: list[dict], x: str, path: str, objectives: dict[str, tuple
         unit, scale = next(((u, f) for u, f in (("PFLOP", 1e15), ("TFLOP", 1e12), ("GFLOP", 1e9), ("MFLOP", 1e6))
                             if max(xs_all) >= f), ("FLOP", 1.0))
         log = max(xs_all) / min(xs_all) > 30  # a ladder of sizes spans decades; one budget does not
-        xlabel = f"training compute ({unit}, model FLOPs)"
+        xlabel = f"training compute ({unit}, as executed)"
     else:
         xlabel = "training time (s: measured steps, no compile or eval)"
     fig, axes = plt.subplots(1, len(objs), figsize=(5.2 * len(objs), 4.4), squeeze=False, sharex=True)
@@ -82,7 +82,7 @@ def plot_throughput(groups: list[dict], path: str, of: str) -> None:
     labels = [f"{g['group']} ({g['objective']})" for g in groups]
     fig, axes = plt.subplots(1, 2, figsize=(11, 1.2 + 0.45 * len(groups)), squeeze=False)
     panels = [("tokens_per_sec", "tokens/s (token positions: L, or S + T for T5)", lambda v: f"{v:,.0f}", 1.0),
-              ("mfu", f"MFU (% of {of}; model FLOPs)", lambda v: f"{v:.1f}%", 100.0)]
+              ("mfu", f"MFU (% of {of}; FLOPs as executed)", lambda v: f"{v:.1f}%", 100.0)]
     y = np.arange(len(groups))
     for ax, (key, xlabel, fmt, scale) in zip(axes[0], panels, strict=True):
         vals = [(g.get(key) or 0.0) * scale for g in groups]

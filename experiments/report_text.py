@@ -79,14 +79,14 @@ def notes(groups: list[dict], records: list[dict]) -> list[str]:
                + ", where it is a compression rate of the validation text; masked-LM and span-corruption "
                "losses cover only the selected tokens, so their bits per byte are not (shown as -).")
     out.append("**tokens** counts token positions the model processes (L per example for GPT/BERT, encoder "
-               "S + decoder T for T5), also the unit of tokens/s. **train FLOPs** are model FLOPs of matmuls "
-               "(training = 3 x forward, causal attention over the full square; model/flops.py); report.json "
-               "also has them per token, and the compile time.")
+               "S + decoder T for T5), also the unit of tokens/s. **train FLOPs** are the matmul FLOPs the steps "
+               "execute (training = 3 x forward, causal attention over the full square, a masked LM's head at its "
+               "masked positions alone, plus Muon's Newton-Schulz matmuls; train/optim.py); report.json also has "
+               "them per token, and the compile time.")
     src = sorted({(f"{si(g['peak_flops'], 'FLOP/s')}, " if g.get("peak_flops") else "") + g["peak_source"]
                   for g in groups if g.get("peak_source")})
-    out.append("**MFU** = the FLOPs a step executes / median step time / (peak FLOP/s x devices); these are the "
-               "train FLOPs per step, except for masked LM, whose head runs at its masked positions alone "
-               "(model/bert.py predict_at) while its budget counts every position; peak: "
+    out.append("**MFU** = the train FLOPs of a step (as executed) / median step time / (peak FLOP/s x devices); "
+               "peak: "
                + "; ".join(src) + " (a CPU peak measured while other work shares the cores is low, and MFU "
                "relative to it high). **wall** is the whole run (data, compile, evaluations, checkpoints) of its "
                "last invocation; **memory** is the peak: the allocator's high-water mark on GPU/TPU and XLA's "
