@@ -85,7 +85,7 @@ def _slow_sentence_score(arch, model, params, ids, tok):
 
 @pytest.mark.parametrize("arch", ["gpt", "bert", "t5"])
 def test_each_family_scores_a_sentence_as_a_hand_written_unbatched_loop(arch, monkeypatch):
-    monkeypatch.setattr(scoring, "_TOKENS", 64)  # several calls of different padded lengths
+    monkeypatch.setattr(scoring, "_TOKENS", 64)  # calls of 8 rows of 8 tokens: several for BERT and T5
     model, params = _model(arch)
     tok = WordTokenizer()
     pairs = _pairs()
