@@ -1,4 +1,4 @@
-"""experiments/scaling.py and scaling_fits.py on synthetic ladders drawn from a known law L = E + A / N^alpha +
+"""experiments/scaling/intervals.py and fits.py on synthetic ladders drawn from a known law L = E + A / N^alpha +
 B / D^beta with C = 6 N D and lognormal noise. The truths are computed here, independently of the fits: the optimal
 N at a budget by a dense grid search along its isoFLOP line, a = beta / (alpha + beta)."""
 
@@ -11,7 +11,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from scipy import special  # noqa: E402
 
-from experiments import scaling, scaling_fits  # noqa: E402
+from experiments.scaling import fits as scaling_fits  # noqa: E402
+from experiments.scaling import intervals as scaling  # noqa: E402
 
 LAW = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}  # Hoffmann et al. (2022)'s fit
 A_TRUE = LAW["beta"] / (LAW["alpha"] + LAW["beta"])

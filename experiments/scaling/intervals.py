@@ -1,4 +1,4 @@
-"""Bootstrap intervals, comparisons and a held-out check on top of experiments/scaling_fits.py's point fits.
+"""Bootstrap intervals, comparisons and a held-out check on top of experiments/scaling/fits.py's point fits.
 
   approach2(runs)                           # Chinchilla approach 2: fit, intervals, trust diagnostics
   approach3(runs, budgets=(1e15, 1e18, 1e21))  # approach 3, predictions at those budgets
@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from scipy import optimize
 
-from experiments import scaling_fits as fits
+from experiments.scaling import fits
 
 PREDICT_BUDGETS = (1e15, 1e18, 1e21)  # Budgets (FLOPs) whose compute-optimal N, D, loss are predicted by default.
 LEVEL = 0.9  # Two-sided coverage of every interval.

@@ -2,8 +2,8 @@
 
 A run record is a dict {"contender", "budget" (training FLOPs C), "params" N, "tokens" D, "seed", "loss", ...} with
 other yardsticks (e.g. "blimp") as extra keys; runs of one budget share its value exactly. Every function takes one
-contender's runs (select() picks them) and returns plain dicts; experiments/scaling.py adds bootstrap intervals,
-comparisons and the held-out check.
+contender's runs (select() picks them) and returns plain dicts; intervals.py adds bootstrap intervals, comparisons
+and the held-out check.
 
   isoflop_optima(runs)                   # approach 2 per budget: a parabola of loss against log N, its minimum
   fit_approach2(runs)                    # N_opt = G C^a, D_opt = H C^b, and the frontier L_opt(C)
