@@ -122,6 +122,12 @@ def define_budget_flags(fv, argv: list[str] | None = None) -> None:
     flags.DEFINE_integer("evals", 5, "Evaluations (and checkpoints) per run, evenly spaced (compare: 0 = the "
                          "suite's).", flag_values=fv)
     flags.DEFINE_bool("dry_run", False, "Print one `python -m train.main` command per run and exit.", flag_values=fv)
+    define_config_flag(fv, argv)
+
+
+def define_config_flag(fv, argv: list[str] | None = None) -> None:
+    """--config.* overrides for every run; config_flags reads them when the flag is defined, from `argv` (default
+    sys.argv)."""
     argv = sys.argv if argv is None else argv
     try:
         config_flags.DEFINE_config_dict("config", base.base_config("gpt", "tiny"),
