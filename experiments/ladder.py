@@ -8,11 +8,11 @@ isoFLOP set of sizes per budget), then scaling-law fits with intervals and a hel
   python -m experiments.ladder --workdir=runs/ml --suite=modern           # each family's modern recipe over its own
 
 Sizes: a family of widths. Each contender keeps its suite shape: its depth (T5: its encoder/decoder split), its
-head width, its d_ff / d_model ratio (T5's narrowed MLP stays narrowed by the same ratio, so the contenders stay
-matched in parameters at every width) and its key/value-head ratio; d_model is the width. At each budget the
-ladder trains `--sizes_per_budget` consecutive widths, a window that slides up the family as the budget grows
-(budget i of n, ascending, starts at width round(i (W - k) / (n - 1))), since the compute-optimal size grows
-with compute.
+head width as nearly as the width allows (round(w / head width) heads, at least one), its d_ff / d_model ratio
+(T5's narrowed MLP stays narrowed by the same ratio, so the contenders stay matched in parameters at every width)
+and its key/value-head ratio; d_model is the width. At each budget the ladder trains `--sizes_per_budget`
+consecutive widths, a window that slides up the family as the budget grows (budget i of n, ascending, starts at
+width round(i (W - k) / (n - 1))), since the compute-optimal size grows with compute.
 
 Learning rates across sizes: lr(w) = lr_suite * (w_suite / w) ** lr_exponent, every peak rate of the contender
 (AdamW's and, for Muon, Muon's) from the rate the suite chose at its own width w_suite; lr_exponent 1 is the
@@ -50,7 +50,7 @@ MIN_STEPS = 20  # Fewer optimizer steps than this at a budget is a size the budg
 LR_CHECK_FACTORS = (0.5, 2.0)  # Multiples of the rule the check trains next to it.
 RATE_KEYS = ("train.learning_rate", "train.muon_learning_rate")
 # The ladder a suite runs when it names none (get_suite()["ladder"] replaces any of these).
-DEFAULT = dict(budgets=(1e12, 2e12, 4e12, 8e12), widths=(32, 64, 96, 128), sizes_per_budget=3,
+DEFAULT = dict(budgets=(1e12, 2e12, 4e12, 8e12), widths=(16, 32, 48, 64, 96), sizes_per_budget=3,
                lr_exponent=1.0, blimp=20, zero_shot=("next_sentence", "word_order"), evals=2, eval_steps=32)
 
 
@@ -83,10 +83,13 @@ def size_overrides(config, width: int) -> dict:
     """The overrides that make a contender's config `width` wide, keeping its shape (module docstring)."""
     m = config.model
     dh = m.head_dim or m.d_model // m.n_heads
-    if width % dh:
-        raise SweepError(f"--widths: {width} is not a multiple of the head width {dh}; give multiples of {dh}")
-    heads = width // dh
+    heads = max(1, round(width / dh))
+    if width % heads:
+        raise SweepError(f"--widths: {width} does not split into {heads} heads of about the suite's head width {dh}; "
+                         f"give multiples of {dh} (or of {dh // 2} up to {dh})")
     out = {"model.d_model": width, "model.n_heads": heads, "model.d_ff": round(m.d_ff * width / m.d_model)}
+    if m.head_dim:
+        out["model.head_dim"] = width // heads
     if m.n_kv_heads:
         group = m.n_heads // m.n_kv_heads
         if heads % group:

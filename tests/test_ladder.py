@@ -10,7 +10,7 @@ from experiments import compare, ladder, planning, suites
 from experiments.planning import SweepError
 from experiments.scaling import records
 
-WIDTHS = (32, 64, 96, 128, 192, 256)
+WIDTHS = (16, 32, 48, 64, 96, 128, 192, 256)
 
 
 def _plan(suite="default", **given):
@@ -42,7 +42,8 @@ def test_every_width_keeps_the_default_suite_matched_in_parameters(width):
     assert len(params) == 3
     for r in sized:
         m = r.config.model
-        assert m.d_model == width and m.d_model // m.n_heads == 32  # the suite's head width
+        assert m.d_model == width and m.n_heads == max(1, round(width / 32))  # about the suite's head width
+        assert m.d_model % m.n_heads == 0 and (width % 32 or m.d_model // m.n_heads == 32)
         assert m.d_ff == (3 if r.group == "t5" else 4) * width  # T5's MLP stays narrowed by the same ratio
         assert (m.n_layers, m.n_decoder_layers) == ((2, 2) if r.group == "t5" else (4, 0))
 
@@ -84,9 +85,9 @@ def test_every_run_spends_its_budget_and_the_check_sits_at_the_smallest_budget()
 
 
 @pytest.mark.parametrize("given,match", [
-    (dict(widths=(48, 64, 96)), "--widths: 48 is not a multiple of the head width 32"),
+    (dict(widths=(64, 96, 100)), "--widths: 100 does not split into 3 heads of about the suite's head width 32"),
     (dict(budgets=(1e9,)), "fewer than 20; raise the smallest --budgets"),
-    (dict(sizes_per_budget=9), "--sizes_per_budget=9: give 1 to 4"),
+    (dict(sizes_per_budget=9), "--sizes_per_budget=9: give 1 to 5"),
     (dict(blimp=1001), "--blimp=1001"),
     (dict(zero_shot=("nli",)), "--zero_shot: unknown \\['nli'\\]"),
 ])
