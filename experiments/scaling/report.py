@@ -240,7 +240,9 @@ def markdown(result: dict, records: Sequence[dict], meta: dict) -> str:
     lines = [lead(result, records, meta), "## Held-out check", "",
              "Each method fitted without the largest budget predicts it: the compute-optimal loss there (measured: "
              "the parabola minimum of its runs) with a prediction interval. A MISS is a law that did not hold one "
-             "budget out.", "", _held_out(result), "", "## Learning-rate rule check", "",
+             "budget out. Approach 2 fitted on fewer than 4 budgets has a frontier A C^-alpha without a floor E, which "
+             "under-predicts a loss that flattens: its MISS there says as much about that form as about the law.", "",
+             _held_out(result), "", "## Learning-rate rule check", "",
              f"The rule: {meta.get('lr_rule', '?')}. It holds unless a neighbouring factor beats the rule's loss by "
              "more than the seed noise.", "", _lr_check(result), "", "## Trust", "", _trust(result), ""]
     if result["skipped"]:
