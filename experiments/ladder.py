@@ -50,7 +50,7 @@ MIN_STEPS = 20  # Fewer optimizer steps than this at a budget is a size the budg
 LR_CHECK_FACTORS = (0.5, 2.0)  # Multiples of the rule the check trains next to it.
 RATE_KEYS = ("train.learning_rate", "train.muon_learning_rate")
 # The ladder a suite runs when it names none (get_suite()["ladder"] replaces any of these).
-DEFAULT = dict(budgets=(1e12, 2e12, 4e12, 8e12), widths=(16, 32, 48, 64, 96), sizes_per_budget=3,
+DEFAULT = dict(budgets=(5e11, 1e12, 2e12, 4e12), widths=(16, 32, 48, 64), sizes_per_budget=4,
                lr_exponent=1.0, blimp=20, zero_shot=("next_sentence", "word_order"), evals=2, eval_steps=32)
 
 
