@@ -9,6 +9,7 @@ import pytest
 from experiments import compare, ladder, planning, suites
 from experiments.planning import SweepError
 from experiments.scaling import records
+from tests import helpers
 
 WIDTHS = (16, 32, 48, 64, 96, 128, 192, 256)
 
@@ -130,3 +131,43 @@ def test_records_read_finished_runs_and_name_the_missing_ones(tmp_path):
     assert b["blimp"] is None and b["zero_shot/word_order"] is None
     with pytest.raises(FileNotFoundError, match="not a ladder's workdir"):
         records.load(str(tmp_path / "a"))
+
+
+@pytest.mark.slow
+def test_a_tiny_ladder_trains_skips_what_finished_and_reports_what_it_has(tmp_path):
+    base = helpers.tiny_config("gpt", str(tmp_path))
+    shared = {k: ladder._get(base, k) for k in ("data.train_files", "data.vocab_size", "data.cache_dir",
+                                                "data.seq_len", "data.prefetch", "model.max_len",
+                                                "train.progress_bar")} | {"model.max_len": 96}
+    shape = {"model.d_model": 32, "model.n_heads": 2, "model.d_ff": 64, "model.n_layers": 2, "train.batch_size": 8}
+    suite = tmp_path / "suite.py"
+    suite.write_text(
+        "def get_suite():\n    return dict(description='tiny ladder', contenders={"
+        f"'gpt': dict(config='experiments/configs/gpt.py:tiny', overrides={shape!r}), "
+        f"'bert': dict(config='experiments/configs/bert.py:tiny', overrides={shape!r})}}, "
+        f"overrides={shared!r}, budget=('steps', 4), param_tolerance=0.05, evals=1, "
+        "ladder=dict(widths=(16, 32, 48), sizes_per_budget=3, blimp=1, zero_shot=(), eval_steps=2))\n")
+    s = ladder.settings(suites.load(str(suite)))
+    biggest = compare.suite_runs(suites.load(str(suite)), ["gpt"])[0]
+    sized = planning.make_run(biggest.config_file, {**biggest.overrides,
+                                                    **ladder.size_overrides(biggest.config, 48)},
+                              group="gpt", hashed=False)
+    step = planning.shape_facts(sized.config)["flops_per_step"]
+    budgets = (21 * step, 42 * step, 84 * step)
+    work, logs = str(tmp_path / "ladder"), []
+    ladder.ladder(work, str(suite), budgets=budgets, lr_check=False, resamples=10, log=logs.append)
+    recs, meta = records.load(work)
+    assert len(recs) == 3 * 3 * 2 and not meta["missing"] and s["widths"] == [16, 32, 48]
+    assert all(r["blimp"] is not None for r in recs) and meta["yardsticks"] == {"blimp": 0.5}
+    assert all(abs(r["flops"] - r["budget"]) <= r["flops"] / r["steps"] for r in recs)
+    report = open(os.path.join(work, "ladder_report.md")).read()
+    assert "held-out" in report.lower() and os.path.isfile(os.path.join(work, "isoflop.png"))
+
+    logs.clear()
+    ladder.ladder(work, str(suite), budgets=budgets, lr_check=False, resamples=10, log=logs.append)
+    assert sum("skipped" in m for m in logs) == 18 and not any("starting" in m for m in logs)
+
+    os.remove(os.path.join(work, recs[-1]["name"], "summary.json"))  # a partial ladder still reports
+    ladder.ladder(work, str(suite), budgets=budgets, lr_check=False, resamples=10, report_only=True)
+    assert records.load(work)[1]["missing"] == [recs[-1]["name"]]
+    assert os.path.isfile(os.path.join(work, "ladder_report.json"))
