@@ -50,8 +50,14 @@ MIN_STEPS = 20  # Fewer optimizer steps than this at a budget is a size the budg
 LR_CHECK_FACTORS = (0.5, 2.0)  # Multiples of the rule the check trains next to it.
 RATE_KEYS = ("train.learning_rate", "train.muon_learning_rate")
 # The ladder a suite runs when it names none (get_suite()["ladder"] replaces any of these).
-DEFAULT = dict(budgets=(5e11, 1e12, 2e12, 4e12), widths=(16, 32, 48, 64), sizes_per_budget=4,
-               lr_exponent=1.0, blimp=20, zero_shot=("next_sentence", "word_order"), evals=2, eval_steps=32)
+# A vocabulary of 1024, not the suite's 8000: at widths 16-64 an 8000-row table is 80-95% of the parameters and its
+# output layer most of the FLOPs, so the narrowest width had the lowest loss at every budget up to 1e12 (nothing
+# bracketed); with 1024 the widths span about 30k-260k parameters, around the compute-optimal sizes these budgets
+# should have (Chinchilla's 20 tokens per parameter: 46k at 2.5e11, 130k at 2e12). Batch 16, not 8: the narrowest
+# runs are bound by the per-step overhead, not by FLOPs.
+DEFAULT = dict(budgets=(2.5e11, 5e11, 1e12, 2e12), widths=(16, 32, 48, 64), sizes_per_budget=4,
+               lr_exponent=1.0, blimp=20, zero_shot=("next_sentence", "word_order"), evals=2, eval_steps=32,
+               overrides={"data.vocab_size": 1024, "train.batch_size": 16})
 
 
 def settings(suite: dict, **given) -> dict:
@@ -121,7 +127,7 @@ def ladder_runs(suite: dict, names: list[str] | None, overrides: dict, s: dict, 
                 lr_check: bool) -> list[tuple[Run, dict]]:
     """(run, its record in ladder.json) for every run, in training order: budget by budget, the LR check's runs
     after the smallest budget's."""
-    base = {r.group: r for r in suite_runs(suite, names, overrides)}
+    base = {r.group: r for r in suite_runs(suite, names, {**s["overrides"], **overrides})}
     plan = windows(s["budgets"], s["widths"], s["sizes_per_budget"])
     out = []
 
@@ -188,7 +194,7 @@ def ladder(workdir: str, suite_name: str = "default", contenders: list[str] | No
             "lr_rule": f"lr(w) = lr_suite * (w_suite / w) ** {s['lr_exponent']:g} (w_suite: the suite's width)",
             "lr_exponent": s["lr_exponent"], "seeds": seeds, "blimp": s["blimp"], "zero_shot": list(s["zero_shot"]),
             "yardsticks": ({"blimp": 0.5} if s["blimp"] else {}) | {f"zero_shot/{t}": 0.5 for t in s["zero_shot"]},
-            "modern_of": modern_of(names), "predict": [1e15, 1e18, 1e21], "overrides": overrides,
+            "modern_of": modern_of(names), "predict": [1e15, 1e18, 1e21], "overrides": {**s["overrides"], **overrides},
             "command": command, "runs": [rec for _, rec in planned]}
     if not report_only:
         for run, _ in planned:  # a workdir holding another config is refused before anything is written

@@ -36,7 +36,7 @@ def test_windows_are_consecutive_widths_sliding_up_from_the_smallest_to_the_larg
 @pytest.mark.parametrize("width", WIDTHS)
 def test_every_width_keeps_the_default_suite_matched_in_parameters(width):
     suite = suites.load("default")
-    runs = compare.suite_runs(suite)
+    runs = compare.suite_runs(suite, None, ladder.DEFAULT["overrides"])  # the ladder's vocabulary: tighter
     sized = [planning.make_run(r.config_file, {**r.overrides, **ladder.size_overrides(r.config, width)},
                                group=r.group, hashed=False) for r in runs]
     params = compare.check_params(sized, suite["param_tolerance"])  # raises past the suite's tolerance
@@ -146,7 +146,7 @@ def test_a_tiny_ladder_trains_skips_what_finished_and_reports_what_it_has(tmp_pa
         f"'gpt': dict(config='experiments/configs/gpt.py:tiny', overrides={shape!r}), "
         f"'bert': dict(config='experiments/configs/bert.py:tiny', overrides={shape!r})}}, "
         f"overrides={shared!r}, budget=('steps', 4), param_tolerance=0.05, evals=1, "
-        "ladder=dict(widths=(16, 32, 48), sizes_per_budget=3, blimp=1, zero_shot=(), eval_steps=2))\n")
+        "ladder=dict(widths=(16, 32, 48), sizes_per_budget=3, blimp=1, zero_shot=(), eval_steps=2, overrides={}))\n")
     s = ladder.settings(suites.load(str(suite)))
     biggest = compare.suite_runs(suites.load(str(suite)), ["gpt"])[0]
     sized = planning.make_run(biggest.config_file, {**biggest.overrides,
