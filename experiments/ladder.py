@@ -249,7 +249,8 @@ def main(argv: list[str]) -> None:
         names = [n.strip() for n in fv.contenders.split(",") if n.strip()] or None
         zero_shot = None if fv.zero_shot is None else tuple(t.strip() for t in fv.zero_shot.split(",") if t.strip())
         lead = ladder(fv.workdir, fv.suite, names, sweep.cli_overrides(fv), fv.seeds, fv.lr_check, fv.dry_run,
-                      fv.report_only, fv.resamples, " ".join(sys.argv), budgets=listed(fv.budgets, float),
+                      fv.report_only, fv.resamples, " ".join(["python -m experiments.ladder", *sys.argv[1:]]),
+                      budgets=listed(fv.budgets, float),
                       widths=listed(fv.widths, int), sizes_per_budget=fv.sizes_per_budget, blimp=fv.blimp,
                       zero_shot=zero_shot, lr_exponent=fv.lr_exponent)
         if lead:
