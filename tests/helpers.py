@@ -51,6 +51,28 @@ def tiny_config(arch: str, directory: str, **overrides):
     return override(c, **overrides)
 
 
+def untrained_workdir(arch: str, directory: str, workdir: str, init_std: float = 0.3, **overrides) -> str:
+    """A workdir of tiny_config(arch, directory, **overrides) as train.main writes it (config.json, a checkpoint),
+    holding random parameters: for tests of what reads a workdir, with no training step to compile."""
+    import flax.linen as nn
+
+    import model as model_lib
+    from data import pipeline
+    from model import config as model_config
+    from train import checkpoint, loop
+    from train import workdir as workdir_lib
+
+    config = tiny_config(arch, directory, **overrides)
+    data = pipeline.build(config)
+    mcfg = model_config.from_dict(config.model, vocab_size=data.vocab_size, init_std=init_std)
+    dummy = jnp.zeros((1, 1), jnp.int32)
+    variables = jax.jit(model_lib.build(mcfg).init)(jax.random.key(0), *((dummy, dummy) if arch == "t5" else (dummy,)))
+    os.makedirs(workdir)
+    workdir_lib.write_record(workdir, loop.run_record(config, mcfg, data))
+    checkpoint.save_params(workdir, nn.meta.unbox(variables["params"]))
+    return workdir
+
+
 def override(c, **overrides):
     """Sets dotted fields, e.g. override(config, **{"train.steps": 4}); returns the config."""
     for key, value in overrides.items():

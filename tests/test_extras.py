@@ -137,16 +137,16 @@ def test_whole_word_treats_document_starts_as_word_starts():
     assert sel.sum() == 3
 
 
-# ---- 3-5. Int8 evaluation, embedding probes and attention maps on one trained workdir ---------------------------
+# ---- 3-5. Int8 evaluation, embedding probes and attention maps on one workdir ----------------------------------
+# (random parameters in a workdir as train.main writes it: what these read needs no training; tests/test_sample.py
+# reads a trained one)
 
 @pytest.fixture(scope="module")
 def gpt_workdir(tmp_path_factory):
-    from tests.helpers import tiny_config
-    from train import loop
+    from tests.helpers import untrained_workdir
 
     d = tmp_path_factory.mktemp("extras")
-    loop.train_and_evaluate(tiny_config("gpt", str(d / "data"), **{"data.seq_len": 16}), str(d / "wd"))
-    return str(d / "wd")
+    return untrained_workdir("gpt", str(d / "data"), str(d / "wd"), **{"data.seq_len": 16})
 
 
 def test_quantize_error_is_at_most_half_a_step():
@@ -183,21 +183,22 @@ def test_int8_eval_loss_is_within_two_percent_of_float(gpt_workdir):
 def test_shuffled_encoder_loss_matches_a_direct_forward_pass(gpt_workdir, tmp_path):
     """train.evaluate --shuffle_encoder: the loss of the same targets with row i's encoder input taken from row i+1,
     against model.apply on hand-rolled inputs; refused for a model without an encoder."""
+    import jax
     import optax
 
     from data import pipeline
-    from tests.helpers import tiny_config
-    from train import errors, evaluate, loop
+    from tests.helpers import untrained_workdir
+    from train import errors, evaluate
     from train.workdir import load_workdir
 
-    wd = str(tmp_path / "t5")
-    loop.train_and_evaluate(tiny_config("t5", str(tmp_path / "data")), wd)
+    wd = untrained_workdir("t5", str(tmp_path / "data"), str(tmp_path / "t5"))
     r = evaluate.evaluate_workdir(wd, eval_steps=1, shuffle_encoder=True)
     config, _, model, params, _ = load_workdir(wd)
     b = pipeline.build(config).val.batch(0)
+    apply = jax.jit(lambda p, x, y: model.apply({"params": p}, x, y))
 
     def loss(encoder_inputs):
-        logits = model.apply({"params": params}, encoder_inputs, b["decoder_inputs"])
+        logits = apply(params, encoder_inputs, b["decoder_inputs"])
         ce = optax.softmax_cross_entropy_with_integer_labels(logits, b["targets"])
         return float((ce * b["weights"]).sum() / b["weights"].sum())
 

@@ -343,7 +343,7 @@ def test_t5_learns_to_copy_its_input_through_cross_attention():
     rng = np.random.default_rng(0)
     x = rng.integers(3, 64, (1000, 32, 12)).astype(np.int32)  # batches of 32 rows of 12 tokens, ids 3..63
     dec = np.concatenate([np.zeros_like(x[..., :1]), x[..., :-1]], axis=-1)
-    params = t5.init(jax.random.key(0), x[0], dec[0])["params"]
+    params = jax.jit(t5.init)(jax.random.key(0), x[0], dec[0])["params"]  # jitted: op by op takes seconds
     tx = optax.adamw(1e-3)
 
     def loss(p, xb, db):
