@@ -618,8 +618,12 @@ def test_peak_flops_unknown_and_cpu(monkeypatch):
     with pytest.raises(ValueError):
         hardware.table_peak("TPU v4", "int8")
     monkeypatch.setattr(hardware, "_measured", lambda dtype: 2.5e11)
-    got, source = hardware.peak_flops(types.SimpleNamespace(platform="cpu", device_kind="cpu"))
+    cpu = types.SimpleNamespace(platform="cpu", device_kind="cpu")
+    monkeypatch.delenv("TRIAD_CPU_PEAK_FLOPS", raising=False)  # tests/conftest.py pins it
+    got, source = hardware.peak_flops(cpu)
     assert got == 2.5e11 and source.startswith("measured")
+    monkeypatch.setenv("TRIAD_CPU_PEAK_FLOPS", "3e11")
+    assert hardware.peak_flops(cpu) == (3e11, "TRIAD_CPU_PEAK_FLOPS")
     assert hardware.measure_matmul_flops(n=128, repeats=2) > 1e6
 
 
