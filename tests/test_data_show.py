@@ -55,11 +55,23 @@ def test_show_json(arch, keys, env, small_flags):
     assert marker in ex["inputs"] and len(ex["targets"]) > 0
 
 
-def test_show_text_on_bundled_corpus(env):
-    r = show(["--config=experiments/configs/bert.py:tiny", "--split=val", "--step=1"], env)
+def _show_text_on_bundled_corpus(env, *flags):
+    r = show(["--config=experiments/configs/bert.py:tiny", "--split=val", "--step=1", *flags], env)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("mlm | val step 1") and "[MASK]" in r.stdout and "positions weighted" in r.stdout
     assert r.stdout.count("--- example") == 2
+
+
+def test_show_text_on_bundled_corpus(env):
+    """The bundled corpus (no data flag) in byte tokens: training its SentencePiece model takes 20 s (slow test
+    below)."""
+    _show_text_on_bundled_corpus(env, "--config.data.tokenizer_type=byte")
+
+
+@pytest.mark.slow
+def test_show_text_on_bundled_corpus_as_first_run(env):
+    """The command exactly as a first run has it: trains the bundled corpus's tokenizer."""
+    _show_text_on_bundled_corpus(env)
 
 
 def test_show_data_error_is_one_line(env):

@@ -12,7 +12,12 @@ import pytest
 
 from tests import helpers
 
-SETTINGS = ("one", "data=8", "fsdp=8", "data=2,fsdp=2,tensor=2", "pmap")
+MIXED = "data=2,fsdp=2,tensor=2"
+SETTINGS = ("one", "data=8", "fsdp=8", MIXED, "pmap")
+# The default suite trains GPT with every mesh axis at once and under pmap; the slow suite adds data=8 and fsdp=8
+# alone for GPT, and every setting for BERT and T5.
+DEFAULT_SETTINGS = ("one", MIXED, "pmap")
+SLOW_SETTINGS = {"gpt": ("one", "data=8", "fsdp=8"), "bert": SETTINGS, "t5": SETTINGS}
 STEPS = 20
 
 
@@ -20,8 +25,8 @@ def _env(devices: int) -> dict:
     return {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
 
 
-def _mesh_runs(arch: str, directory: str) -> dict:
-    r = subprocess.run([sys.executable, "-m", "tests.mesh_worker", arch, directory, str(STEPS), *SETTINGS],
+def _mesh_runs(arch: str, directory: str, settings: tuple[str, ...]) -> dict:
+    r = subprocess.run([sys.executable, "-m", "tests.mesh_worker", arch, directory, str(STEPS), *settings],
                        cwd=helpers.ROOT, env=_env(8), capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -30,38 +35,47 @@ def _mesh_runs(arch: str, directory: str) -> dict:
 def _check_same_losses(runs: dict) -> None:
     reference = np.array(runs["one"]["losses"])
     assert len(reference) == STEPS and reference[-1] < reference[0]
-    for setting in SETTINGS[1:]:
+    for setting in sorted(set(runs) - {"one"}):
         np.testing.assert_allclose(runs[setting]["losses"], reference, rtol=1e-5, err_msg=setting)
+
+
+def _kernels(run: dict) -> dict:
+    return {k: v for k, v in run["shardings"].items() if k.endswith("['kernel']")}
 
 
 def _check_sharded(runs: dict) -> None:
     assert runs["one"]["n_devices"] == 8
-    # data=8: parameters replicated (pure data parallelism).
-    assert all(s["spec"] == "P()" for s in runs["data=8"]["shardings"].values())
-    # fsdp=8: every matrix with an 'embed' axis is split 8 ways along it; Adam's moments follow.
-    fsdp = runs["fsdp=8"]["shardings"]
-    kernels = {k: v for k, v in fsdp.items() if k.endswith("['kernel']")}
-    assert kernels and all("fsdp" in v["spec"] for v in kernels.values())
-    for v in kernels.values():
-        assert np.prod(v["shard_shape"]) * 8 == np.prod(v["shape"])
-    assert any("fsdp" in s for s in runs["fsdp=8"]["opt_state_sharded"])
-    # data=2,fsdp=2,tensor=2: MLP input kernels split over (fsdp, tensor): a quarter on each device.
-    mixed = runs["data=2,fsdp=2,tensor=2"]["shardings"]
-    wi = [v for k, v in mixed.items() if "mlp" in k and k.endswith("['kernel']")]
-    assert wi and all("tensor" in v["spec"] and "fsdp" in v["spec"] for v in wi)
-    assert all(np.prod(v["shard_shape"]) * 4 == np.prod(v["shape"]) for v in wi)
+    if "data=8" in runs:  # parameters replicated (pure data parallelism)
+        assert all(s["spec"] == "P()" for s in runs["data=8"]["shardings"].values())
+    if "fsdp=8" in runs:  # every matrix with an 'embed' axis is split 8 ways along it; Adam's moments follow
+        kernels = _kernels(runs["fsdp=8"])
+        assert kernels and all("fsdp" in v["spec"] for v in kernels.values())
+        for v in kernels.values():
+            assert np.prod(v["shard_shape"]) * 8 == np.prod(v["shape"])
+        assert any("fsdp" in s for s in runs["fsdp=8"]["opt_state_sharded"])
+    if MIXED in runs:
+        # Every matrix split over fsdp along its 'embed' axis, Adam's moments too; MLP input kernels split over
+        # (fsdp, tensor): a quarter on each device.
+        kernels = _kernels(runs[MIXED])
+        assert kernels and all("fsdp" in v["spec"] for v in kernels.values())
+        assert any("fsdp" in s for s in runs[MIXED]["opt_state_sharded"])
+        wi = [v for k, v in kernels.items() if "mlp" in k]
+        assert wi and all("tensor" in v["spec"] and "fsdp" in v["spec"] for v in wi)
+        assert all(np.prod(v["shard_shape"]) * 4 == np.prod(v["shape"]) for v in wi)
 
 
 def test_meshes_and_pmap_match_one_device_gpt(tmp_path):
-    runs = _mesh_runs("gpt", str(tmp_path))
+    runs = _mesh_runs("gpt", str(tmp_path), DEFAULT_SETTINGS)
+    assert set(runs) == set(DEFAULT_SETTINGS)
     _check_same_losses(runs)
     _check_sharded(runs)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", ["bert", "t5"])
+@pytest.mark.parametrize("arch", ["gpt", "bert", "t5"])
 def test_meshes_and_pmap_match_one_device(tmp_path, arch):
-    runs = _mesh_runs(arch, str(tmp_path))
+    runs = _mesh_runs(arch, str(tmp_path), SLOW_SETTINGS[arch])
+    assert set(runs) == set(SLOW_SETTINGS[arch])
     _check_same_losses(runs)
     _check_sharded(runs)
 

@@ -170,7 +170,9 @@ def _losses(workdir):
         return {r["step"]: r["train/loss"] for r in map(json.loads, f) if "train/loss" in r}
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+# Resuming is the same code for every family: BERT and T5 run in the slow suite (with tests/test_e2e.py's kill -9).
+@pytest.mark.parametrize("arch", ["gpt", pytest.param("bert", marks=pytest.mark.slow),
+                                  pytest.param("t5", marks=pytest.mark.slow)])
 def test_resume_reproduces_uninterrupted_run(tmp_path, arch):
     import shutil
 
