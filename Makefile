@@ -24,8 +24,8 @@ demo: $(STAMP)  ## The main job: the architecture comparison on the bundled corp
 test: $(STAMP)  ## The default test suite (fast, CPU).
 	$(BIN)/python -m pytest -q -n 2 --durations=15
 
-test-slow: $(STAMP)  ## End-to-end tests (kill -9 and resume, multi-process runs).
-	$(BIN)/python -m pytest -q -m 'slow and not gpu_smoke' --durations=15
+test-slow: $(STAMP)  ## End-to-end tests (kill -9 and resume, multi-process runs), on 2 workers as the default suite.
+	$(BIN)/python -m pytest -q -n 2 -m 'slow and not gpu_smoke' --durations=15
 
 test-gpu-smoke: $(STAMP)  ## The GPU check script at toy sizes on CPU (before a GPU session; not in CI: 5 minutes).
 	$(BIN)/python -m pytest -q -m gpu_smoke
