@@ -53,11 +53,11 @@ RATE_KEYS = ("train.learning_rate", "train.muon_learning_rate")
 # A vocabulary of 1024, not the suite's 8000: at widths 16-64 an 8000-row table is 80-95% of the parameters and its
 # output layer most of the FLOPs, so the narrowest width had the lowest loss at every budget up to 1e12 (nothing
 # bracketed); with 1024 the widths span about 30k-260k parameters, around the compute-optimal sizes these budgets
-# should have (Chinchilla's 20 tokens per parameter: 46k at 2.5e11, 130k at 2e12). Width 16 still had the lowest
+# should have (Chinchilla's 20 tokens per parameter: 46k at 2.5e11, 91k at 1e12). Width 16 still had the lowest
 # loss of 16-64 at 2.5e11, so the family reaches down to 8 (11k parameters); 5 sizes per budget also let most of
 # approach 2's bootstrap resamples keep the 3 sizes a parabola needs. Batch 16, not 8: the narrowest runs are bound
 # by the per-step overhead, not by FLOPs.
-DEFAULT = dict(budgets=(2.5e11, 5e11, 1e12, 2e12), widths=(8, 16, 32, 48, 64), sizes_per_budget=5,
+DEFAULT = dict(budgets=(2.5e11, 5e11, 1e12), widths=(8, 16, 32, 48, 64), sizes_per_budget=5,
                lr_exponent=1.0, blimp=20, zero_shot=("next_sentence", "word_order"), evals=2, eval_steps=32,
                overrides={"data.vocab_size": 1024, "train.batch_size": 16})
 
