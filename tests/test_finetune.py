@@ -369,9 +369,9 @@ def test_confusion_and_f1_by_hand():
 def test_init_from_loads_the_backbone_exactly(tmp_path):
     from train import checkpoint, loop
 
-    pre = helpers.tiny_config("bert", str(tmp_path), **{"train.steps": 2, "train.checkpoint_every": 2,
-                                                         "train.eval_every": 2})
-    loop.train_and_evaluate(pre, str(tmp_path / "pre"))
+    # Random parameters stand in for a pretrained run (the config as train.main would record it).
+    pre = helpers.tiny_config("bert", str(tmp_path), **{"model.init_std": 0.3})
+    helpers.untrained_workdir("bert", str(tmp_path), str(tmp_path / "pre"))
     ft = ft_config("next_sentence", "gpt", str(tmp_path / "elsewhere"), **{
         "init_from": str(tmp_path / "pre"), "train.steps": 1, "train.learning_rate": 0.0, "train.warmup_steps": 0,
         "train.eval_every": 1, "train.checkpoint_every": 1, "model.d_model": 64, "task.dropout": 0.1})

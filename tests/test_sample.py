@@ -1,5 +1,5 @@
-"""train/sample.py end to end: a gpt workdir from a few training steps, t5 and bert parameters-only workdirs
-(random init, the format experiments.hf_import writes), a tokenizer-less workdir, and the one-line errors."""
+"""train/sample.py end to end: gpt, t5 and bert parameters-only workdirs (random init, the format
+experiments.hf_import writes), a tokenizer-less workdir, and the one-line errors; trained t5 and bert: slow."""
 
 import json
 import os
@@ -13,11 +13,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-import model as model_lib
-from data import pipeline
-from model import config as model_config
 from tests import helpers
-from train import checkpoint, errors, loop, workdir
+from train import errors, loop
 from train import sample as sample_lib
 
 ROOT = helpers.ROOT
@@ -26,20 +23,12 @@ SHORT = {"train.steps": 4, "train.eval_every": 4, "train.checkpoint_every": 4, "
 
 @pytest.fixture(scope="module")
 def workdirs(tmp_path_factory):
+    """Random parameters (what these tests check holds for any parameters: the KV cache against none, shapes,
+    seeds, errors), in config.json and checkpoint as train.main writes them; reading the checkpoint of a trained
+    run is tests/test_train.py's init_from test, sampling after training test_trained_t5_and_bert (slow)."""
     root = tmp_path_factory.mktemp("sample")
-    out = {"gpt": str(root / "gpt")}
-    loop.train_and_evaluate(helpers.tiny_config("gpt", str(root), **SHORT), out["gpt"])
-    for arch in ("t5", "bert"):  # config.json as train.main writes it; random parameters (no compile needed)
-        config = helpers.tiny_config(arch, str(root))
-        data = pipeline.build(config)
-        mcfg = model_config.from_dict(config.model, vocab_size=data.vocab_size, init_std=0.3)
-        dummy = jnp.zeros((1, 1), jnp.int32)
-        args = (dummy, dummy) if arch == "t5" else (dummy,)
-        params = nn.meta.unbox(model_lib.build(mcfg).init(jax.random.key(0), *args)["params"])
-        out[arch] = str(root / arch)
-        os.makedirs(out[arch])
-        workdir.write_record(out[arch], loop.run_record(config, mcfg, data))
-        checkpoint.save_params(out[arch], params)
+    out = {arch: helpers.untrained_workdir(arch, str(root), str(root / arch), **SHORT)
+           for arch in ("gpt", "t5", "bert")}
     # An imported-model workdir: config.json without a data section (no tokenizer), same checkpoint.
     out["no_tok"] = str(root / "no_tok")
     os.makedirs(out["no_tok"])
@@ -65,8 +54,8 @@ def samples(lines):
 def test_load_workdir(workdirs):
     config, mcfg, m, params, tok = sample_lib.load_workdir(workdirs["gpt"])
     assert mcfg.arch == "gpt" and config.train.steps == 4 and tok.vocab_size == mcfg.vocab_size == 512
-    assert jax.tree.structure(params) == jax.tree.structure(
-        nn.meta.unbox(m.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"]))
+    assert jax.tree.map(lambda x: (x.shape, x.dtype), params) == jax.tree.map(lambda x: (x.shape, x.dtype),
+        nn.meta.unbox(jax.eval_shape(m.init, jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"]))
     assert sample_lib.load_workdir(workdirs["no_tok"])[4] is None
 
 

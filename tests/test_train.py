@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -92,14 +93,20 @@ def test_recompile_detector_names_the_change(caplog):
     assert "compiling a second time" in caplog.text and "(2, 3)" in caplog.text and "(2, 4)" in caplog.text
 
 
+def one_layer(arch):
+    """One block per stack: compiling the step (the cost of these tests) scales with the unrolled layers, and what
+    they check (accumulated gradients, the runner's step) is per block."""
+    return {"model.n_layers": 1, **({"model.n_decoder_layers": 1} if arch == "t5" else {})}
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     """Data, model and runner per architecture (built once: tokenizer training is shared through the cache)."""
     from train import loop
 
     d = str(tmp_path_factory.mktemp("built"))
-    configs = {arch: helpers.tiny_config(arch, d) for arch in ARCHS}
-    configs["bert+nsp"] = helpers.tiny_config("bert", d, **{"objective.nsp": True})
+    configs = {arch: helpers.tiny_config(arch, d, **one_layer(arch)) for arch in ARCHS}
+    configs["bert+nsp"] = helpers.tiny_config("bert", d, **one_layer("bert"), **{"objective.nsp": True})
     return {name: (config, *loop.build(config)) for name, config in configs.items()}
 
 
@@ -116,7 +123,8 @@ def test_initial_loss_is_log_vocab(built, arch):
     assert 0 < out["eval/bits_per_byte"] < 20
 
 
-@pytest.mark.parametrize("arch", [*ARCHS, "bert+nsp"])
+# bert+nsp runs BERT's masked-LM loss and its NSP head: plain BERT adds nothing here but the cost (slow suite).
+@pytest.mark.parametrize("arch", ["gpt", pytest.param("bert", marks=pytest.mark.slow), "t5", "bert+nsp"])
 def test_microbatches_equal_one_big_batch(built, arch):
     config, data, mcfg, model, runner = built[arch]
     config = config.copy_and_resolve_references()
@@ -151,8 +159,9 @@ def test_runner_equals_plain_jit(built):
     tx, lr = optim.make(config.train)
     plain_step = jax.jit(lambda s, b: step_lib.train_step(s, b, model=model, objective=runner.objective, tx=tx,
                                                           lr_schedule=lr, config=config))
-    initial = jax.device_get(runner.init(jax.random.key(2)).params)
-    plain, ours = runner.init(jax.random.key(2)), runner.init(jax.random.key(2))
+    plain = runner.init(jax.random.key(2))  # each init compiles anew: one, and copies (the runner donates `ours`)
+    initial = jax.device_get(plain.params)
+    ours = jax.tree.map(lambda x: x.copy(), plain)
     for step in (3, 4):  # two steps: the first at warmup's rate 0, the second at a positive rate
         batch = data.train.batch(step)
         plain, mp = plain_step(plain, jax.tree.map(jnp.asarray, batch))
@@ -238,3 +247,10 @@ def test_init_from_loads_the_trained_parameters(tmp_path):
     assert second["final_eval"]["eval/loss"] == pytest.approx(first["final_eval"]["eval/loss"], rel=1e-6)
     with pytest.raises(checkpoint.CheckpointError, match="init_from"):
         checkpoint.resolve(str(tmp_path / "missing"))
+    # What train.sample and train.evaluate read of a trained run (tests/test_sample.py reads random parameters).
+    from train.workdir import load_workdir
+
+    saved, _, m, params, tok = load_workdir(str(tmp_path / "first"))
+    assert saved.train.steps == 6 and tok.vocab_size == 512
+    assert jax.tree.map(lambda x: (x.shape, x.dtype), params) == jax.tree.map(lambda x: (x.shape, x.dtype), (
+        nn.meta.unbox(jax.eval_shape(m.init, jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"])))
