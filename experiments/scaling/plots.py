@@ -26,7 +26,14 @@ def _fitted(part: dict | None) -> bool:
 def _why(part: dict | None) -> str:
     """Why a fit is missing, wrapped for a panel title."""
     reason = (part or {}).get("skipped", "no ladder runs").removeprefix("ValueError: ")
+    reason = reason if len(reason) <= 110 else reason[:110].rsplit(" ", 1)[0] + " ..."  # the report has all of it
     return textwrap.fill(f"not fitted: {reason}", 60)
+
+
+def _null():
+    from matplotlib import ticker
+
+    return ticker.NullFormatter()
 
 
 def _ladder(records: Sequence[dict], contender: str) -> list[dict]:
@@ -77,6 +84,7 @@ def plot_isoflop(records: Sequence[dict], result: dict, path: str) -> None:
                 ax.scatter([p["N_opt"]], [p["L_opt"]], s=90, marker="*", zorder=4, edgecolors=colour[c],
                            facecolors=colour[c] if bracketed[c] else "white", linewidths=1.2)
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(_null())
         ax.set_xlabel("parameters N")
         ax.set_ylabel(f"{name} eval loss (its own objective, nats/token)")
         ax.set_title(name if _fitted(a2) else f"{name}\n{_why(a2)}", fontsize=9)
@@ -134,10 +142,11 @@ def plot_frontier(records: Sequence[dict], result: dict, path: str, modern_of: d
     for ax, obj in zip(axes, objectives, strict=True):
         ax.set_xscale("log")
         ax.set_yscale("log")
-        plain = ticker.FuncFormatter(lambda v, _: f"{v:g}")
-        ax.yaxis.set_major_formatter(plain)
-        ax.yaxis.set_minor_formatter(plain)
-        ax.tick_params(axis="y", which="minor", labelsize=7)
+        ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+        points = [v for line in ax.lines for v in np.asarray(line.get_ydata(), float).ravel() if v > 0]
+        if points:  # the points and curves decide the range; an exploding band is cut at 2x beyond them
+            ax.set_ylim(min(points) / 2, max(points) * 2)
         ax.set_xlabel("training compute C (FLOPs)")
         ax.set_ylabel("compute-optimal eval loss (nats/token)")
         ax.set_title(f"{obj}'s objective", fontsize=9)
