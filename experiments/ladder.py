@@ -15,8 +15,9 @@ consecutive widths, a window that slides up the family as the budget grows (budg
 width round(i (W - k) / (n - 1))), since the compute-optimal size grows with compute.
 
 Learning rates across sizes: lr(w) = lr_suite * (w_suite / w) ** lr_exponent, every peak rate of the contender
-(AdamW's and, for Muon, Muon's) from the rate the suite chose at its own width w_suite; lr_exponent 1 is the
-rule muP gives Adam's hidden matrices. The rule is checked (`--lr_check`, on by default): at the smallest budget,
+(AdamW's and, for Muon, Muon's) from the rate the suite chose at its own width w_suite (times the suite ladder's
+lr_scale for that contender, where the check below asked for it); lr_exponent 1 is the rule muP gives Adam's
+hidden matrices. The rule is checked (`--lr_check`, on by default): at the smallest budget,
 at the smallest and the largest width of its window, every contender also trains at 0.5x and 2x the rule, and at
 the rule with seed 1 for the seed noise; the report says per contender and width whether a neighbour beats the
 rule by more than that noise (then the rule should change).
@@ -59,7 +60,7 @@ RATE_KEYS = ("train.learning_rate", "train.muon_learning_rate")
 # by the per-step overhead, not by FLOPs.
 DEFAULT = dict(budgets=(2.5e11, 5e11, 1e12), widths=(8, 16, 32, 48, 64), sizes_per_budget=5,
                lr_exponent=1.0, blimp=20, zero_shot=("next_sentence", "word_order"), evals=2, eval_steps=32,
-               overrides={"data.vocab_size": 1024, "train.batch_size": 16})
+               overrides={"data.vocab_size": 1024, "train.batch_size": 16}, lr_scale={})
 
 
 def settings(suite: dict, **given) -> dict:
@@ -75,6 +76,10 @@ def settings(suite: dict, **given) -> dict:
                          f"approach 2's parabolas")
     if out["blimp"] < 0 or out["blimp"] > 1000:
         raise SweepError(f"--blimp={out['blimp']}: give 0 (none) to 1000 (all of BLiMP) pairs per paradigm")
+    strange = sorted(set(out["lr_scale"]) - set(suite["contenders"]))
+    if strange:
+        raise SweepError(f"the suite's ladder lr_scale names {strange}, not contenders of the suite "
+                         f"({list(suite['contenders'])})")
     unknown = [t for t in out["zero_shot"] if t not in PROBE_TASKS]
     if unknown:
         raise SweepError(f"--zero_shot: unknown {unknown}; choose from {list(PROBE_TASKS)}")
@@ -135,7 +140,8 @@ def ladder_runs(suite: dict, names: list[str] | None, overrides: dict, s: dict, 
 
     def add(name: str, width: int, budget: float, seed: int, role: str, factor: float) -> None:
         b = base[name]
-        extra = {**size_overrides(b.config, width), **rates(b.config, width, s["lr_exponent"], factor),
+        scaled = factor * s["lr_scale"].get(name, 1.0)
+        extra = {**size_overrides(b.config, width), **rates(b.config, width, s["lr_exponent"], scaled),
                  "train.eval_steps": s["eval_steps"], "seed": seed}
         run = planning.make_run(b.config_file, {**b.overrides, **extra}, group=name, hashed=False)
         steps = planning.steps_for_budget(run.config, "flops", budget)
@@ -193,7 +199,8 @@ def ladder(workdir: str, suite_name: str = "default", contenders: list[str] | No
             "sizes": {f"w{w}": {"d_model": w} for w in s["widths"]},
             "windows": {budget_label(c): ws for c, ws in windows(s["budgets"], s["widths"],
                                                                  s["sizes_per_budget"]).items()},
-            "lr_rule": f"lr(w) = lr_suite * (w_suite / w) ** {s['lr_exponent']:g} (w_suite: the suite's width)",
+            "lr_rule": f"lr(w) = lr_suite * (w_suite / w) ** {s['lr_exponent']:g} (w_suite: the suite's width)"
+                       + "".join(f"; {n}: lr_suite x {x:g}" for n, x in s["lr_scale"].items()),
             "lr_exponent": s["lr_exponent"], "seeds": seeds, "blimp": s["blimp"], "zero_shot": list(s["zero_shot"]),
             "yardsticks": ({"blimp": 0.5} if s["blimp"] else {}) | {f"zero_shot/{t}": 0.5 for t in s["zero_shot"]},
             "modern_of": modern_of(names), "predict": [1e15, 1e18, 1e21], "overrides": {**s["overrides"], **overrides},

@@ -73,6 +73,8 @@ def test_every_run_spends_its_budget_and_the_check_sits_at_the_smallest_budget()
         per_step = planning.shape_facts(run.config)["flops_per_step"]
         assert abs(rec["steps"] * per_step - rec["budget"]) <= per_step / 2  # the steps the budget buys
         assert run.config.train.learning_rate == pytest.approx(rec["lr"])
+        suite_rate = {"bert": 2e-3, "gpt": 2e-3, "t5": 1e-3 * 2}[rec["contender"]]  # the suite's lr_scale: T5 x 2
+        assert rec["lr"] == pytest.approx(suite_rate * 128 / rec["d_model"] * rec["lr_factor"])
     ladder_recs = [rec for _, rec in planned if rec["role"] == "ladder"]
     assert len(ladder_recs) == len(s["budgets"]) * s["sizes_per_budget"] * 3
     check = [rec for _, rec in planned if rec["role"] == "lr_check"]
@@ -91,6 +93,7 @@ def test_every_run_spends_its_budget_and_the_check_sits_at_the_smallest_budget()
     (dict(sizes_per_budget=9), "--sizes_per_budget=9: give 1 to 5"),
     (dict(blimp=1001), "--blimp=1001"),
     (dict(zero_shot=("nli",)), "--zero_shot: unknown \\['nli'\\]"),
+    (dict(lr_scale={"t6": 2.0}), "lr_scale names \\['t6'\\], not contenders of the suite"),
 ])
 def test_bad_settings_are_one_line_errors_naming_the_flag(given, match, tmp_path):
     with pytest.raises(SweepError, match=match):

@@ -12,7 +12,8 @@ get_suite() returns a dict:
   blimp            (optional) BLiMP pairs per paradigm each contender scores zero-shot after training (the fixed
                    subset of experiments/blimp.py; 1000 = all of BLiMP); default 0, none
   ladder           (optional) the scaling ladder experiments/ladder.py runs for this suite: any of its DEFAULT keys
-                   (budgets, widths, sizes_per_budget, lr_exponent, blimp, zero_shot, evals, eval_steps)
+                   (budgets, widths, sizes_per_budget, lr_exponent, lr_scale, blimp, zero_shot, evals, eval_steps,
+                   overrides)
   overrides        (optional) {path: value} every contender shares; --config overrides replace them, a
                    contender's own overrides come last (compare logs where one replaces a --config value);
                    default {}
