@@ -32,10 +32,10 @@ import numpy as np
 from absl import app, flags, logging
 
 from data import minimal_pairs
-from experiments.planning import SweepError
+from experiments.planning import SweepError, check_command_line
 from experiments.probes import _record, per_pair_path, scorer
 from train import errors
-from train.workdir import load_workdir
+from train.workdir import load_workdir, write_json
 
 BLIMP_LEVELS = ("UID", "linguistics_term", "field")  # paradigm, phenomenon, field
 FIELDS = ("morphology", "syntax", "syntax_semantics", "semantics")
@@ -120,7 +120,7 @@ def evaluate(workdir: str, pairs: list[dict], levels: tuple[str, ...], name: str
               "correct": results.tolist()}
     path = os.path.join(workdir, "blimp", f"{name}.json")
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    _write_whole(path, record)
+    write_json(path, record)
     o = record["overall"]
     log(f"[blimp] {os.path.basename(os.path.abspath(workdir))} {name}: accuracy {o['accuracy']:.3f} ± "
         f"{o['se'] or 0:.3f} over {len(kept):,} pairs ({record['ties']} ties, {record['left_out']} left out), "
@@ -159,7 +159,7 @@ def blimp_contender(rundir: str, per_group: int, log=print) -> dict:
     details, columns = {}, {}
     os.makedirs(os.path.dirname(per_pair_path(rundir, "blimp")), exist_ok=True)
     for task, (acc, idx) in tasks.items():
-        _write_whole(per_pair_path(rundir, task), {
+        write_json(per_pair_path(rundir, task), {
             "task": task, "accuracy": acc, "pair": [record["pair"][j] for j in idx],
             "correct": [record["correct"][j] for j in idx], "examples_sha": record["examples_sha"]})
         details[task] = {"accuracy": acc, "pairs": len(idx), "wall_s": record["wall_s"], "subset": name}
@@ -169,24 +169,14 @@ def blimp_contender(rundir: str, per_group: int, log=print) -> dict:
         summary = json.load(f)
     summary["blimp"] = {k: record[k] for k in ("name", "overall", "field", "linguistics_term", "UID", "ties",
                                                 "left_out", "wall_s", "pairs_per_s", "examples_sha")}
-    _write_whole(os.path.join(rundir, "summary.json"), summary)
+    write_json(os.path.join(rundir, "summary.json"), summary)
     return record
-
-
-def _write_whole(path: str, record: dict) -> None:
-    """Writes JSON under a temporary name, then renames it: the file is whole or absent."""
-    with open(path + ".tmp", "w") as f:
-        json.dump(record, f, indent=1)
-    os.replace(path + ".tmp", path)
 
 
 def main(argv: list[str]) -> None:
     fv = flags.FLAGS
     with errors.one_line():
-        if len(argv) > 1:
-            raise SweepError(f"unexpected arguments {argv[1:]}")
-        if not fv.workdir:
-            raise SweepError("--workdir is required: a workdir written by train.main, e.g. --workdir=runs/gpt")
+        check_command_line(argv, fv.workdir, "--workdir=runs/gpt (a workdir written by train.main)")
         logging.set_verbosity(logging.WARNING)
         if fv.pairs_files:
             pairs = minimal_pairs.read(fv.pairs_files)

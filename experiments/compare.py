@@ -231,10 +231,7 @@ def compare(workdir: str, suite_name: str = "default", contenders: list[str] | N
 def main(argv: list[str]) -> None:
     fv = flags.FLAGS
     with errors.one_line():
-        if len(argv) > 1:
-            raise SweepError(f"unexpected arguments {argv[1:]}")
-        if not fv.workdir:
-            raise SweepError("--workdir is required, e.g. --workdir=runs/compare")
+        planning.check_command_line(argv, fv.workdir, "--workdir=runs/compare")
         names = [n.strip() for n in fv.contenders.split(",") if n.strip()] or None
         def tasks(value):
             return None if value is None else tuple(t.strip() for t in value.split(",") if t.strip())

@@ -32,7 +32,6 @@ and the pictures) of whatever has finished.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -45,6 +44,7 @@ from experiments import probes as probes_lib
 from experiments.compare import suite_runs
 from experiments.planning import Run, SweepError
 from train import errors
+from train import workdir as workdir_lib
 
 PLAN_FILE = "ladder.json"
 MIN_STEPS = 20  # Fewer optimizer steps than this at a budget is a size the budget cannot train: refused.
@@ -209,7 +209,7 @@ def ladder(workdir: str, suite_name: str = "default", contenders: list[str] | No
         for run, _ in planned:  # a workdir holding another config is refused before anything is written
             planning.run_state(run, workdir)
         os.makedirs(workdir, exist_ok=True)
-        _write(os.path.join(workdir, PLAN_FILE), meta)
+        workdir_lib.write_json(os.path.join(workdir, PLAN_FILE), meta)
         log(f"[ladder] {len(planned)} runs of {len(names)} contenders at {len(s['budgets'])} budgets in {workdir}")
         done = 0
         for c in s["budgets"]:
@@ -233,19 +233,10 @@ def ladder(workdir: str, suite_name: str = "default", contenders: list[str] | No
     return report.build(workdir, *records.load(workdir), resamples=resamples)
 
 
-def _write(path: str, record: dict) -> None:
-    with open(path + ".tmp", "w") as f:
-        json.dump(record, f, indent=1, default=str)
-    os.replace(path + ".tmp", path)
-
-
 def main(argv: list[str]) -> None:
     fv = flags.FLAGS
     with errors.one_line():
-        if len(argv) > 1:
-            raise SweepError(f"unexpected arguments {argv[1:]}")
-        if not fv.workdir:
-            raise SweepError("--workdir is required, e.g. --workdir=runs/ladder")
+        planning.check_command_line(argv, fv.workdir, "--workdir=runs/ladder")
 
         def listed(value, kind):
             if value is None:

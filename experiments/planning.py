@@ -50,6 +50,14 @@ class SweepError(UserError):
 # ---------------------------------------------------------------------------------------------- configs
 
 
+def check_command_line(argv: list[str], workdir: str | None, example: str) -> None:
+    """A tool's command line: no positional arguments, and --workdir given (one line naming an example if not)."""
+    if len(argv) > 1:
+        raise SweepError(f"unexpected arguments {argv[1:]}")
+    if not workdir:
+        raise SweepError(f"--workdir is required, e.g. {example}")
+
+
 def load_module(path: str, missing: str) -> types.ModuleType:
     """The Python file `path` (relative to the cwd, else to the repository root) run as a fresh module: a config,
     suite or ablation file. SweepError(missing) if there is no such file."""

@@ -77,7 +77,8 @@ def claim(workdir: str, lock: bool = True):
         os.close(fd)  # releases the lock
 
 
-def _atomic_json(path: str, obj) -> None:
+def write_json(path: str, obj) -> None:
+    """Writes JSON under a temporary name, then renames it: the file is whole or absent."""
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=2, default=_json_default)
@@ -94,11 +95,11 @@ def checkpoint_dir(workdir: str) -> str:
 
 def write_record(workdir: str, record: dict) -> None:
     """config.json: {'config': the experiment config, 'model_config': ..., 'data': data facts, ...}."""
-    _atomic_json(os.path.join(workdir, CONFIG_FILE), record)
+    write_json(os.path.join(workdir, CONFIG_FILE), record)
 
 
 def write_summary(workdir: str, summary: dict) -> None:
-    _atomic_json(os.path.join(workdir, SUMMARY_FILE), summary)
+    write_json(os.path.join(workdir, SUMMARY_FILE), summary)
 
 
 def read_summary(workdir: str) -> dict | None:
